@@ -1,0 +1,49 @@
+"""make_app: the tornado Application, built from explicit collaborators (no globals)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import tornado.web
+
+from broadway.config import Config
+from broadway.dispatch import JobSignal
+from broadway.handlers import default_handlers
+from broadway.handlers.base import NotFoundHandler, Services
+from broadway.scheduler import Scheduler
+from broadway.store import Store
+from broadway.tokens import Tokens
+
+access_log = logging.getLogger("broadway.access")
+
+# Query arguments whose values are credentials.
+_SECRET_ARGS = re.compile(r"((?:^|[?&])(?:token|worker_id)=)[^&]*", re.IGNORECASE)
+
+
+def redact(uri: str) -> str:
+    """The URI with credential values replaced, fit for a log line."""
+    return _SECRET_ARGS.sub(r"\1[redacted]", uri)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    millis = 1000.0 * request.request_time()
+    access_log.log(
+        level, "%d %s %s (%s) %.1fms", status, request.method, redact(request.uri or ""), request.remote_ip, millis
+    )
+
+
+def make_app(config: Config, store: Store, tokens: Tokens) -> tornado.web.Application:
+    jobs_signal = JobSignal()
+    scheduler = Scheduler(store, on_jobs_queued=jobs_signal.notify)
+    services = Services(config=config, store=store, scheduler=scheduler, tokens=tokens, jobs_signal=jobs_signal)
+    return tornado.web.Application(
+        default_handlers,
+        services=services,
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
+        compress_response=True,
+    )

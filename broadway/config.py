@@ -1,0 +1,111 @@
+"""Every tunable of the API server, in one frozen dataclass built from the CLI and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8888
+    # None: start the embedded nx-27017 store under data_dir.
+    mongo_url: str | None = None
+    data_dir: Path = Path("broadway-data")
+    # None: generated once, kept in data_dir, printed at start-up.
+    cluster_token: str | None = None
+    client_token: str | None = None
+    heartbeat_interval: int = 10
+    # None: three heartbeat intervals.
+    worker_timeout: float | None = None
+    max_attempts: int = 3
+    log_level: str = "INFO"
+    max_body_bytes: int = 16 * MiB
+    max_result_bytes: int = 4 * MiB
+    # Longest a poller may ask to wait for a job (seconds).
+    max_poll_wait: float = 30.0
+    # How often a waiting poller re-checks the store for jobs queued by another API process.
+    poll_recheck_interval: float = 0.5
+    store_timeout_s: float = 5.0
+
+    @property
+    def effective_worker_timeout(self) -> float:
+        if self.worker_timeout is not None:
+            return self.worker_timeout
+        return 3.0 * self.heartbeat_interval
+
+    @property
+    def reaper_interval(self) -> float:
+        # A dead worker's jobs must be requeued within 1.1x the timeout, so sweep at a
+        # twentieth of it; never faster than 20 Hz, never slower than once a second.
+        return max(0.05, min(1.0, self.effective_worker_timeout / 20.0))
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+        env = dict(os.environ if environ is None else environ)
+        args = build_parser().parse_args(argv)
+        problems = []
+        if args.heartbeat_interval < 1:
+            problems.append("--heartbeat-interval must be at least 1 second")
+        if args.worker_timeout is not None and args.worker_timeout <= 0:
+            problems.append("--worker-timeout must be positive")
+        if args.max_attempts < 1:
+            problems.append("--max-attempts must be at least 1")
+        if not 0 <= args.port <= 65535:
+            problems.append("--port must be between 0 and 65535")
+        if problems:
+            build_parser().error("; ".join(problems))
+        return cls(
+            host=args.host,
+            port=args.port,
+            mongo_url=args.mongo_url or env.get("BROADWAY_MONGO_URL") or None,
+            data_dir=Path(args.data_dir),
+            cluster_token=args.cluster_token or env.get("BROADWAY_CLUSTER_TOKEN") or None,
+            client_token=args.client_token or env.get("BROADWAY_CLIENT_TOKEN") or None,
+            heartbeat_interval=args.heartbeat_interval,
+            worker_timeout=args.worker_timeout,
+            max_attempts=args.max_attempts,
+            log_level=args.log_level.upper(),
+            max_body_bytes=args.max_body_mb * MiB,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="broadway",
+        description="Broadway API server: stores grading runs and hands their jobs to graders.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8888, help="port to listen on (default 8888)")
+    p.add_argument(
+        "--mongo-url",
+        help="MongoDB URL (env BROADWAY_MONGO_URL); the database name in the URL path is used, "
+        "default 'broadway'. Without it the embedded nx-27017 store is started under --data-dir.",
+    )
+    p.add_argument(
+        "--data-dir",
+        default="broadway-data",
+        help="where the embedded store and generated tokens live (default ./broadway-data)",
+    )
+    p.add_argument("--cluster-token", help="token graders register with (env BROADWAY_CLUSTER_TOKEN)")
+    p.add_argument("--client-token", help="token course staff submit runs with (env BROADWAY_CLIENT_TOKEN)")
+    p.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between grader heartbeats")
+    p.add_argument(
+        "--worker-timeout",
+        type=float,
+        help="seconds without a heartbeat before a grader is declared dead (default 3x the interval)",
+    )
+    p.add_argument("--max-attempts", type=int, default=3, help="times a job is tried before it fails")
+    p.add_argument("--max-body-mb", type=int, default=16, help="largest request body accepted, in MiB")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
+    )
+    return p

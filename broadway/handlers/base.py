@@ -1,0 +1,174 @@
+"""The base of every API handler: argument decoding, JSON errors, authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import tornado.web
+
+from broadway.config import Config
+from broadway.dispatch import JobSignal
+from broadway.models import Worker
+from broadway.scheduler import Scheduler
+from broadway.store import Store, StoreUnavailable
+from broadway.tokens import Tokens, digest, same_secret
+
+log = logging.getLogger(__name__)
+
+# Bodies larger than this are parsed in a thread, so a big submission does not stall heartbeats.
+PARSE_IN_THREAD_BYTES = 256 * 1024
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Services:
+    """What handlers work with; put in the Application settings by make_app."""
+
+    config: Config
+    store: Store
+    scheduler: Scheduler
+    tokens: Tokens
+    jobs_signal: JobSignal
+
+
+class ApiError(tornado.web.HTTPError):
+    """An expected failure: answered as {"error": message} with the status code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status)
+        self.message = message
+
+
+class APIHandler(tornado.web.RequestHandler):
+    services: Services
+    _json_body: Any
+
+    def initialize(self) -> None:
+        self.services = self.settings["services"]
+        self._json_body = _MISSING
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+
+    async def prepare(self) -> None:
+        length = len(self.request.body)
+        if length > self.services.config.max_body_bytes:
+            raise ApiError(413, f"request body is {length} bytes; the limit is {self.services.config.max_body_bytes}")
+        if self._looks_like_json():
+            body = self.request.body
+            try:
+                if length > PARSE_IN_THREAD_BYTES:
+                    self._json_body = await asyncio.to_thread(json.loads, body)
+                else:
+                    self._json_body = json.loads(body)
+            except RecursionError:
+                raise ApiError(400, "request body is JSON nested too deeply") from None
+            except ValueError as e:  # includes UnicodeDecodeError for invalid UTF-8
+                raise ApiError(400, f"request body is not valid JSON: {_short(str(e))}") from None
+
+    def _looks_like_json(self) -> bool:
+        if not self.request.body.strip():
+            return False
+        content_type = self.request.headers.get("Content-Type", "")
+        # curl -d sends JSON as form-encoded; treat a body that starts like JSON as JSON.
+        return "json" in content_type or self.request.body.lstrip()[:1] in (b"{", b"[")
+
+    # -- arguments ---------------------------------------------------------------------------
+
+    def arg(self, name: str) -> Any:
+        """An argument from the query string, a form body, or a JSON body, in that order; None if absent."""
+        for source in (self.request.query_arguments, self.request.body_arguments):
+            values = source.get(name)
+            if values:
+                try:
+                    return values[0].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ApiError(400, f"argument {name!r} is not valid UTF-8") from None
+        body = self.json_body
+        if isinstance(body, dict):
+            return body.get(name)
+        return None
+
+    @property
+    def json_body(self) -> Any:
+        return None if self._json_body is _MISSING else self._json_body
+
+    def required_str(self, name: str) -> str:
+        value = self.arg(name)
+        if value is None or value == "":
+            raise ApiError(400, f"missing argument {name!r}")
+        if not isinstance(value, str):
+            raise ApiError(400, f"argument {name!r} must be a string")
+        return value
+
+    # -- auth --------------------------------------------------------------------------------
+
+    def bearer_token(self) -> str | None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+
+    def require_client(self) -> None:
+        """Client endpoints: Authorization: Bearer <client token>, else 401."""
+        if not same_secret(self.bearer_token(), self.services.tokens.client):
+            self.set_header("WWW-Authenticate", 'Bearer realm="broadway"')
+            raise ApiError(401, "a valid client token is required (Authorization: Bearer <client token>)")
+
+    async def require_worker(self) -> Worker:
+        """Grader endpoints: a registered, live worker_id, else 404 so that the grader registers again."""
+        worker_id = self.required_str("worker_id")
+        worker = await self.services.store.workers.get_alive(digest(worker_id))
+        if worker is None:
+            raise ApiError(404, "unknown worker (never registered, or declared dead): register again")
+        return worker
+
+    # -- responses ---------------------------------------------------------------------------
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(payload))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], StoreUnavailable):
+            status_code = 503
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, StoreUnavailable):
+            log.warning("%s %s: store unavailable: %s", self.request.method, self.request.path, value)
+        elif not isinstance(value, ApiError):
+            super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            message = exc.message
+        elif isinstance(exc, StoreUnavailable):
+            message = "the store is unavailable; try again shortly"
+            self.set_header("Retry-After", "1")
+        elif status_code >= 500:
+            message = "internal server error"
+        else:
+            message = self._reason
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": message, "status": status_code}))
+
+
+class NotFoundHandler(APIHandler):
+    """Unknown paths answer JSON too."""
+
+    async def prepare(self) -> None:
+        raise ApiError(404, f"no such endpoint: {self.request.method} {self.request.path}")
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,60 @@
+"""Grader endpoints for joining the cluster and staying alive in it."""
+
+from __future__ import annotations
+
+import logging
+
+from broadway.handlers.base import ApiError, APIHandler
+from broadway.tokens import digest, new_secret, same_secret
+
+log = logging.getLogger(__name__)
+
+MAX_SLOTS = 64
+
+
+class WorkerRegisterHandler(APIHandler):
+    async def get(self) -> None:
+        """Register with the cluster token; answers a fresh worker id and the heartbeat interval."""
+        token = self.arg("token") or self.bearer_token()
+        if not token:
+            raise ApiError(400, "missing argument 'token' (the cluster token)")
+        if not isinstance(token, str) or not same_secret(token, self.services.tokens.cluster):
+            raise ApiError(401, "wrong cluster token")
+        name = self.arg("name") or self.arg("hostname") or ""
+        if not isinstance(name, str) or len(name) > 255:
+            raise ApiError(400, "argument 'name' must be a string of at most 255 characters")
+        slots = _int_arg(self.arg("slots"), "slots", default=1, low=1, high=MAX_SLOTS)
+        worker_id = new_secret()
+        worker = await self.services.store.workers.register(digest(worker_id), name, slots)
+        # Never log the id itself: it is the worker's credential. The digest prefix identifies it.
+        log.info("worker %s (%s) registered with %d slot(s)", name or "?", worker.ref[:8], slots)
+        self.write_json({"worker_id": worker_id, "heartbeat": self.services.config.heartbeat_interval})
+
+    post = get
+
+
+class HeartbeatHandler(APIHandler):
+    async def post(self) -> None:
+        """Extend the worker's lease; 404 tells a grader it was forgotten and must register again."""
+        worker_id = self.required_str("worker_id")
+        if not await self.services.store.workers.heartbeat(digest(worker_id)):
+            raise ApiError(404, "unknown worker (never registered, or declared dead): register again")
+        self.write_json({})
+
+
+def _int_arg(value: object, name: str, default: int, low: int, high: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ApiError(400, f"argument {name!r} must be an integer") from None
+    if not low <= number <= high:
+        raise ApiError(400, f"argument {name!r} must be between {low} and {high}")
+    return number
+
+
+default_handlers = [
+    (r"/api/v1/worker_register/?", WorkerRegisterHandler),
+    (r"/api/v1/heartbeat/?", HeartbeatHandler),
+]

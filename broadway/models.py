@@ -1,0 +1,83 @@
+"""Statuses and the records the store hands out.
+
+Code compares to the enums; the wire and the database carry their string values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    CREATED = "created"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATUSES
+
+
+TERMINAL_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class RunStatus(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobKind(StrEnum):
+    PRE = "preprocessing"
+    STUDENT = "student"
+    POST = "postprocessing"
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    status: RunStatus
+    n_students: int
+    pre_job_id: str | None
+    post_job_id: str | None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    run_id: str
+    kind: JobKind
+    seq: int
+    status: JobStatus
+    stages: list[dict[str, Any]]
+    student: dict[str, str] | None = None
+    attempts: int = 0
+    attempt_id: str | None = None
+    worker: str | None = None
+    result: str | None = None
+    error: str | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Worker:
+    ref: str
+    name: str
+    slots: int
+    alive: bool
+    registered_at: float
+    last_seen: float
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,164 @@
+"""Run lifecycle: submission, start, and advancing pre -> students -> post -> finished.
+
+`advance` is the one place that moves a run forward. It reads what the store says and makes
+the next conditional update, so calling it twice, from two API processes, or after a crash
+half-way is harmless; the liveness sweep calls it for every running run to finish what a
+crashed API left half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+
+from broadway import environment, schemas
+from broadway.models import Job, JobKind, JobStatus, Run, RunStatus
+from broadway.store import Store
+from broadway.store.ids import new_id
+from broadway.store.jobs import new_job_doc
+
+log = logging.getLogger(__name__)
+
+
+class SubmissionError(ValueError):
+    """The run config is invalid; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    run_id: ObjectId
+    jobs: list[dict[str, Any]]
+    n_students: int
+    pre_job_id: ObjectId | None
+    post_job_id: ObjectId | None
+
+
+def prepare_run(config: Any) -> PreparedRun:
+    """Validate a run config and build every job document. Pure CPU: run it off the event loop."""
+    try:
+        schemas.validate("grading_run", config)
+        environment.check_reserved(config)
+    except (schemas.SchemaError, environment.ExpansionError) as e:
+        raise SubmissionError(str(e)) from None
+    run_id = new_id()
+    run_env = config.get("env", {})
+    jobs = []
+
+    def add(
+        kind: JobKind, seq: int, pipeline: list[dict[str, Any]], where: str, student: dict[str, str] | None
+    ) -> ObjectId:
+        job_id = new_id()
+        job_env = environment.job_environment(run_env, student, str(run_id), str(job_id))
+        try:
+            stages = environment.expand_pipeline(pipeline, job_env, where)
+        except environment.ExpansionError as e:
+            raise SubmissionError(str(e)) from None
+        jobs.append(new_job_doc(job_id, run_id, kind, seq, stages, student))
+        return job_id
+
+    pre = config.get("preprocessing_pipeline") or None
+    post = config.get("postprocessing_pipeline") or None
+    pre_id = add(JobKind.PRE, 0, pre, "$.preprocessing_pipeline", None) if pre else None
+    for i, student in enumerate(config["students"]):
+        add(JobKind.STUDENT, i, config["student_pipeline"], f"$.student_pipeline (students[{i}])", student)
+    post_id = add(JobKind.POST, 0, post, "$.postprocessing_pipeline", None) if post else None
+    return PreparedRun(run_id, jobs, len(config["students"]), pre_id, post_id)
+
+
+class Scheduler:
+    def __init__(self, store: Store, on_jobs_queued: Callable[[], None]) -> None:
+        self.store = store
+        # Wakes long-polling graders in this process (see dispatch.JobSignal).
+        self.on_jobs_queued = on_jobs_queued
+
+    async def submit(self, config: Any) -> Run:
+        """Store a new run (status `created`) with all its jobs; raises SubmissionError."""
+        prepared = await asyncio.to_thread(prepare_run, config)
+        # Jobs first, run last: a crash in between leaves only unreachable jobs, never a run
+        # with some of its jobs missing.
+        await self.store.jobs.insert_many(prepared.jobs)
+        run = await self.store.runs.insert(
+            prepared.run_id, prepared.n_students, prepared.pre_job_id, prepared.post_job_id
+        )
+        log.info("run %s submitted: %d students", run.id, run.n_students)
+        return run
+
+    async def start(self, run_id: ObjectId) -> Run | None:
+        """created -> running, and queue the first jobs. None if the run is not `created`."""
+        run = await self.store.runs.mark_started(run_id)
+        if run is None:
+            return None
+        log.info("run %s started", run.id)
+        await self.advance(run_id)
+        return run
+
+    async def advance(self, run_id: ObjectId) -> None:
+        """Make the next move of a running run, if one is due."""
+        run = await self.store.runs.get(run_id)
+        if run is None or run.status is not RunStatus.RUNNING:
+            return
+        if run.pre_job_id:
+            pre = await self.store.jobs.get(ObjectId(run.pre_job_id))
+            assert pre is not None
+            if not pre.status.terminal:
+                await self._queue_one(pre)
+                return
+            if pre.status is not JobStatus.SUCCEEDED:
+                await self._finish(run, RunStatus.FAILED, f"pre-processing job {pre.status.value}")
+                return
+        counts = await self.store.jobs.status_counts(run_id, JobKind.STUDENT)
+        if counts[JobStatus.CREATED]:
+            if await self.store.jobs.queue_students(run_id):
+                self.on_jobs_queued()
+            return
+        if counts[JobStatus.QUEUED] or counts[JobStatus.RUNNING]:
+            return
+        if run.post_job_id:
+            post = await self.store.jobs.get(ObjectId(run.post_job_id))
+            assert post is not None
+            if not post.status.terminal:
+                await self._queue_one(post)
+                return
+            if post.status is not JobStatus.SUCCEEDED:
+                await self._finish(run, RunStatus.FAILED, f"post-processing job {post.status.value}")
+                return
+        await self._finish(run, RunStatus.SUCCEEDED)
+
+    async def job_finished(self, job: Job) -> None:
+        """A job reached a final status: advance its run when that may unblock it."""
+        run_id = ObjectId(job.run_id)
+        if job.kind is JobKind.STUDENT:
+            run = await self.store.runs.get(run_id)
+            # Cheap counter first; the exact count in advance() only when it says "maybe all done".
+            done = await self.store.runs.count_student_done(run_id)
+            if run is None or done < run.n_students:
+                return
+        await self.advance(run_id)
+
+    async def cancel(self, run_id: ObjectId) -> Run | None:
+        """Cancel a created or running run and every job not finished. None if it had already ended."""
+        run = await self.store.runs.get(run_id)
+        if run is None or run.status not in (RunStatus.CREATED, RunStatus.RUNNING):
+            return None
+        if not await self.store.runs.mark_finished(run_id, RunStatus.CANCELLED, "cancelled by a client"):
+            return None
+        await self.store.jobs.cancel_unstarted(run_id)
+        await self.store.jobs.cancel_running(run_id)
+        log.info("run %s cancelled", run.id)
+        return await self.store.runs.get(run_id)
+
+    async def _queue_one(self, job: Job) -> None:
+        if job.status is JobStatus.CREATED and await self.store.jobs.queue_one(ObjectId(job.id)):
+            self.on_jobs_queued()
+
+    async def _finish(self, run: Run, status: RunStatus, error: str | None = None) -> None:
+        run_id = ObjectId(run.id)
+        if status is RunStatus.FAILED:
+            await self.store.jobs.cancel_unstarted(run_id)
+        if await self.store.runs.mark_finished(run_id, status, error):
+            log.info("run %s %s%s", run.id, status.value, f": {error}" if error else "")

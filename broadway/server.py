@@ -1,0 +1,84 @@
+"""Running the API: store, application, reaper, and a clean stop on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import tornado.httpserver
+import tornado.ioloop
+
+from broadway.app import make_app
+from broadway.config import Config
+from broadway.embedded_store import EmbeddedStore
+from broadway.handlers.base import Services
+from broadway.liveness import Reaper
+from broadway.store import connect
+from broadway.tokens import Tokens, load_or_create
+
+log = logging.getLogger(__name__)
+
+
+def announce_tokens(tokens: Tokens, config: Config) -> None:
+    """Show the operator the tokens they did not configure (printed, never logged)."""
+    where = config.data_dir / "tokens.json"
+    if "cluster" in tokens.unconfigured:
+        print(f"Nodes can join the cluster using token: {tokens.cluster}", flush=True)
+    if "client" in tokens.unconfigured:
+        print(f"Clients can submit grading runs using token: {tokens.client}", flush=True)
+    if tokens.unconfigured:
+        print(f"(generated tokens are kept in {where})", flush=True)
+
+
+async def serve(config: Config, mongo_url: str, tokens: Tokens, stop: asyncio.Event) -> None:
+    store = connect(mongo_url, timeout_s=config.store_timeout_s)
+    await store.ensure_indexes()
+    app = make_app(config, store, tokens)
+    services: Services = app.settings["services"]
+    # Bodies over the configured limit get a JSON 413 from the handler; the server's own cap
+    # (which just closes the connection) sits above it to bound memory.
+    server = tornado.httpserver.HTTPServer(app, max_body_size=config.max_body_bytes * 2, xheaders=True)
+    server.listen(config.port, config.host)
+    reaper = Reaper(config, store, services.scheduler)
+    periodic = tornado.ioloop.PeriodicCallback(reaper.tick, config.reaper_interval * 1000)
+    periodic.start()
+    print(f"Broadway API listening on http://{config.host}:{config.port}", flush=True)
+    log.info("heartbeat %ds, worker timeout %gs, max attempts %d", config.heartbeat_interval,
+             config.effective_worker_timeout, config.max_attempts)  # fmt: skip
+    await stop.wait()
+    log.info("stopping")
+    periodic.stop()
+    server.stop()
+    services.jobs_signal.notify()
+    await server.close_all_connections()
+    await store.close()
+
+
+def run(config: Config) -> int:
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    tokens = load_or_create(config.data_dir, config.cluster_token, config.client_token)
+    embedded = None
+    mongo_url = config.mongo_url
+    if mongo_url is None:
+        embedded = EmbeddedStore(config.data_dir)
+        embedded.start()
+        mongo_url = embedded.url
+    try:
+        announce_tokens(tokens, config)
+        return asyncio.run(_main(config, mongo_url, tokens))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _main(config: Config, mongo_url: str, tokens: Tokens) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(config, mongo_url, tokens, stop)
+    return 0

@@ -1,0 +1,8 @@
+"""The only code that builds MongoDB queries. Handlers and the scheduler call its methods."""
+
+from __future__ import annotations
+
+from broadway.store.connection import Store, StoreUnavailable, connect
+from broadway.store.ids import parse_id
+
+__all__ = ["Store", "StoreUnavailable", "connect", "parse_id"]

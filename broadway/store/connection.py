@@ -1,0 +1,60 @@
+"""Connecting to MongoDB (real, or the embedded nx-27017) and creating the indexes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure
+
+from broadway.store.jobs import JobStore
+from broadway.store.runs import RunStore
+from broadway.store.workers import WorkerStore
+
+# Raised by any store call when the database cannot be reached; the API answers 503.
+StoreUnavailable = ConnectionFailure
+
+DEFAULT_DB = "broadway"
+
+
+@dataclass
+class Store:
+    client: AsyncMongoClient
+    db: AsyncDatabase
+    runs: RunStore
+    jobs: JobStore
+    workers: WorkerStore
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the hot queries depend on (idempotent; run at start-up)."""
+        # Only queued jobs carry queue_key, so the claim filters and sorts on this one field:
+        # nx-27017's planner scans when filtering on one field and sorting on another.
+        await self.db.jobs.create_index([("queue_key", ASCENDING)], sparse=True)
+        await self.db.jobs.create_index([("run_id", ASCENDING)])
+        await self.db.jobs.create_index([("worker", ASCENDING)], sparse=True)
+        await self.db.runs.create_index([("status", ASCENDING)])
+        await self.db.workers.create_index([("last_seen", ASCENDING)])
+
+    async def ping(self, seconds: float) -> None:
+        """Raise StoreUnavailable unless the database answers within that many seconds."""
+        try:
+            await asyncio.wait_for(self.client.admin.command("ping"), seconds)
+        except TimeoutError:
+            raise StoreUnavailable(f"the store did not answer a ping within {seconds:g}s") from None
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def connect(url: str, timeout_s: float = 5.0) -> Store:
+    """A Store over the database named in the URL's path (default 'broadway').
+
+    Server selection is bounded so that a request finds out the store is down in seconds
+    (and answers 503) instead of hanging for the driver's default 30 s.
+    """
+    ms = int(timeout_s * 1000)
+    client: AsyncMongoClient = AsyncMongoClient(url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, tz_aware=False)
+    db = client.get_default_database(DEFAULT_DB)
+    return Store(client=client, db=db, runs=RunStore(db), jobs=JobStore(db), workers=WorkerStore(db))

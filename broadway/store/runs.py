@@ -1,0 +1,86 @@
+"""Grading runs in the `runs` collection."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from broadway.models import Run, RunStatus
+
+
+def _run(doc: dict[str, Any]) -> Run:
+    return Run(
+        id=str(doc["_id"]),
+        status=RunStatus(doc["status"]),
+        n_students=doc["n_students"],
+        pre_job_id=str(doc["pre_job_id"]) if doc.get("pre_job_id") else None,
+        post_job_id=str(doc["post_job_id"]) if doc.get("post_job_id") else None,
+        created_at=doc["created_at"],
+        started_at=doc.get("started_at"),
+        finished_at=doc.get("finished_at"),
+        error=doc.get("error"),
+    )
+
+
+class RunStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.runs = db.runs
+
+    async def insert(
+        self, run_id: ObjectId, n_students: int, pre_job_id: ObjectId | None, post_job_id: ObjectId | None
+    ) -> Run:
+        """Record a run whose jobs are already stored: a run that exists always has all its jobs."""
+        doc = {
+            "_id": run_id,
+            "status": RunStatus.CREATED.value,
+            "n_students": n_students,
+            "pre_job_id": pre_job_id,
+            "post_job_id": post_job_id,
+            "students_done": 0,
+            "created_at": time.time(),
+        }
+        await self.runs.insert_one(doc)
+        return _run(doc)
+
+    async def get(self, run_id: ObjectId) -> Run | None:
+        """The run, or None if there is none with that id."""
+        doc = await self.runs.find_one({"_id": run_id})
+        return _run(doc) if doc else None
+
+    async def mark_started(self, run_id: ObjectId) -> Run | None:
+        """created -> running; None if the run is not (or no longer) `created`."""
+        doc = await self.runs.find_one_and_update(
+            {"_id": run_id, "status": RunStatus.CREATED.value},
+            {"$set": {"status": RunStatus.RUNNING.value, "started_at": time.time()}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return _run(doc) if doc else None
+
+    async def mark_finished(self, run_id: ObjectId, status: RunStatus, error: str | None = None) -> bool:
+        """created/running -> a final status; False if the run had already ended (someone else finished it)."""
+        fields: dict[str, Any] = {"status": status.value, "finished_at": time.time()}
+        if error:
+            fields["error"] = error
+        unfinished = [RunStatus.CREATED.value, RunStatus.RUNNING.value]
+        result = await self.runs.update_one({"_id": run_id, "status": {"$in": unfinished}}, {"$set": fields})
+        return result.modified_count == 1
+
+    async def count_student_done(self, run_id: ObjectId) -> int:
+        """Count one more finished student job; returns the new count.
+
+        Only a hint that the students may all be done (a crash between a job's report and this
+        increment leaves it low); the scheduler confirms with an exact count before acting.
+        """
+        doc = await self.runs.find_one_and_update(
+            {"_id": run_id}, {"$inc": {"students_done": 1}}, return_document=ReturnDocument.AFTER
+        )
+        return int(doc["students_done"]) if doc else 0
+
+    async def running_ids(self) -> list[ObjectId]:
+        """Ids of every run in progress (for the recovery sweep)."""
+        cursor = self.runs.find({"status": RunStatus.RUNNING.value}, {"_id": 1})
+        return [doc["_id"] async for doc in cursor]
