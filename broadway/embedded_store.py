@@ -68,7 +68,8 @@ class EmbeddedStore:
             # The package ships a console script but no __main__; call its entry point directly
             # so the store runs under the same interpreter (and venv) as the API.
             sys.executable, "-c", "import sys; from nx_27017.nx_27017 import main; sys.exit(main())",
-            "--db", str(self.data_dir / "store.db"),
+            # One SQLite file per logical database; in its single-file mode, databases share collections.
+            "--data-dir", str(self.data_dir / "store"),
             "--host", self.host,
             "-p", str(self.port),
             "--log-file", str(self.log_path),
@@ -112,7 +113,7 @@ class EmbeddedStore:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return
-        if b"nx_27017" in cmdline and str(self.data_dir / "store.db").encode() in cmdline:
+        if b"nx_27017" in cmdline and str(self.data_dir / "store").encode() in cmdline:
             log.warning("stopping a leftover embedded store (pid %d) on %s", pid, self.data_dir)
             os.kill(pid, signal.SIGTERM)
             for _ in range(100):

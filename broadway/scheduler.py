@@ -57,7 +57,8 @@ def prepare_run(config: Any) -> PreparedRun:
         try:
             stages = environment.expand_pipeline(pipeline, job_env, where)
         except environment.ExpansionError as e:
-            raise SubmissionError(str(e)) from None
+            context = f" (for $.students[{seq}])" if kind is JobKind.STUDENT else ""
+            raise SubmissionError(f"{e}{context}") from None
         jobs.append(new_job_doc(job_id, run_id, kind, seq, stages, student))
         return job_id
 
@@ -65,7 +66,7 @@ def prepare_run(config: Any) -> PreparedRun:
     post = config.get("postprocessing_pipeline") or None
     pre_id = add(JobKind.PRE, 0, pre, "$.preprocessing_pipeline", None) if pre else None
     for i, student in enumerate(config["students"]):
-        add(JobKind.STUDENT, i, config["student_pipeline"], f"$.student_pipeline (students[{i}])", student)
+        add(JobKind.STUDENT, i, config["student_pipeline"], "$.student_pipeline", student)
     post_id = add(JobKind.POST, 0, post, "$.postprocessing_pipeline", None) if post else None
     return PreparedRun(run_id, jobs, len(config["students"]), pre_id, post_id)
 

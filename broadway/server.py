@@ -9,6 +9,7 @@ import sys
 
 import tornado.httpserver
 import tornado.ioloop
+import tornado.netutil
 
 from broadway.app import make_app
 from broadway.config import Config
@@ -32,28 +33,49 @@ def announce_tokens(tokens: Tokens, config: Config) -> None:
         print(f"(generated tokens are kept in {where})", flush=True)
 
 
-async def serve(config: Config, mongo_url: str, tokens: Tokens, stop: asyncio.Event) -> None:
-    store = connect(mongo_url, timeout_s=config.store_timeout_s)
-    await store.ensure_indexes()
-    app = make_app(config, store, tokens)
-    services: Services = app.settings["services"]
-    # Bodies over the configured limit get a JSON 413 from the handler; the server's own cap
-    # (which just closes the connection) sits above it to bound memory.
-    server = tornado.httpserver.HTTPServer(app, max_body_size=config.max_body_bytes * 2, xheaders=True)
-    server.listen(config.port, config.host)
-    reaper = Reaper(config, store, services.scheduler)
-    periodic = tornado.ioloop.PeriodicCallback(reaper.tick, config.reaper_interval * 1000)
-    periodic.start()
-    print(f"Broadway API listening on http://{config.host}:{config.port}", flush=True)
-    log.info("heartbeat %ds, worker timeout %gs, max attempts %d", config.heartbeat_interval,
-             config.effective_worker_timeout, config.max_attempts)  # fmt: skip
-    await stop.wait()
-    log.info("stopping")
-    periodic.stop()
-    server.stop()
-    services.jobs_signal.notify()
-    await server.close_all_connections()
-    await store.close()
+class ApiService:
+    """One API process: store connection, HTTP server and reaper, started and stopped together."""
+
+    def __init__(self, config: Config, mongo_url: str, tokens: Tokens) -> None:
+        self.config = config
+        self.mongo_url = mongo_url
+        self.tokens = tokens
+        self.port = config.port
+        self._server: tornado.httpserver.HTTPServer | None = None
+        self._periodic: tornado.ioloop.PeriodicCallback | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        config = self.config
+        self.store = connect(self.mongo_url, timeout_s=config.store_timeout_s)
+        await self.store.ensure_indexes()
+        app = make_app(config, self.store, self.tokens)
+        self.services: Services = app.settings["services"]
+        # Bodies over the configured limit get a JSON 413 from the handler; the server's own cap
+        # (which just closes the connection) sits above it to bound memory.
+        self._server = tornado.httpserver.HTTPServer(app, max_body_size=config.max_body_bytes * 2, xheaders=True)
+        sockets = tornado.netutil.bind_sockets(config.port, config.host)
+        self.port = sockets[0].getsockname()[1]
+        self._server.add_sockets(sockets)
+        self.reaper = Reaper(config, self.store, self.services.scheduler)
+        self._periodic = tornado.ioloop.PeriodicCallback(self.reaper.tick, config.reaper_interval * 1000)
+        self._periodic.start()
+        log.info(
+            "listening on %s; heartbeat %ds, worker timeout %gs, max attempts %d",
+            self.url, config.heartbeat_interval, config.effective_worker_timeout, config.max_attempts,
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        if self._periodic is not None:
+            self._periodic.stop()
+        if self._server is not None:
+            self._server.stop()
+            self.services.jobs_signal.notify()
+            await self._server.close_all_connections()
+        await self.store.close()
 
 
 def run(config: Config) -> int:
@@ -80,5 +102,10 @@ async def _main(config: Config, mongo_url: str, tokens: Tokens) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await serve(config, mongo_url, tokens, stop)
+    service = ApiService(config, mongo_url, tokens)
+    await service.start()
+    print(f"Broadway API listening on {service.url}", flush=True)
+    await stop.wait()
+    log.info("stopping")
+    await service.stop()
     return 0

@@ -78,7 +78,8 @@ def new_job_doc(
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "_id": job_id,
-        "run_id": run_id,
+        # References are stored as hex strings: nx-27017 cannot match an ObjectId outside _id.
+        "run_id": str(run_id),
         "kind": kind.value,
         "seq": seq,
         "status": JobStatus.CREATED.value,
@@ -104,7 +105,7 @@ class JobStore:
     async def for_run(self, run_id: ObjectId, with_stages: bool = True) -> list[Job]:
         """Every job of a run, in submission order (pre, students, post)."""
         projection = None if with_stages else {"stages": 0}
-        docs = [_job(d) async for d in self.jobs.find({"run_id": run_id}, projection)]
+        docs = [_job(d) async for d in self.jobs.find({"run_id": str(run_id)}, projection)]
         kind_order = {JobKind.PRE: 0, JobKind.STUDENT: 1, JobKind.POST: 2}
         return sorted(docs, key=lambda j: (kind_order[j.kind], j.seq))
 
@@ -120,7 +121,7 @@ class JobStore:
     async def queue_students(self, run_id: ObjectId) -> int:
         """created -> queued for every student job of the run; returns how many moved."""
         result = await self.jobs.update_many(
-            {"run_id": run_id, "kind": JobKind.STUDENT.value, "status": JobStatus.CREATED.value},
+            {"run_id": str(run_id), "kind": JobKind.STUDENT.value, "status": JobStatus.CREATED.value},
             {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(),
                       "queue_key": queue_key(PRIORITY_FRESH)}},
         )  # fmt: skip
@@ -213,7 +214,7 @@ class JobStore:
 
     async def status_counts(self, run_id: ObjectId, kind: JobKind | None = None) -> dict[JobStatus, int]:
         """How many of a run's jobs (of one kind, if given) are in each status."""
-        match: dict[str, Any] = {"run_id": run_id}
+        match: dict[str, Any] = {"run_id": str(run_id)}
         if kind is not None:
             match["kind"] = kind.value
         cursor = await self.jobs.aggregate([{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
@@ -225,7 +226,7 @@ class JobStore:
     async def cancel_unstarted(self, run_id: ObjectId) -> int:
         """created/queued -> cancelled for every job of a run that has not started."""
         result = await self.jobs.update_many(
-            {"run_id": run_id, "status": {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}},
+            {"run_id": str(run_id), "status": {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}},
             {"$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}, "$unset": {"queue_key": ""}},
         )
         return result.modified_count
@@ -233,12 +234,12 @@ class JobStore:
     async def cancel_running(self, run_id: ObjectId) -> int:
         """running -> cancelled; the graders' later reports for these jobs are refused (409)."""
         result = await self.jobs.update_many(
-            {"run_id": run_id, "status": JobStatus.RUNNING.value},
+            {"run_id": str(run_id), "status": JobStatus.RUNNING.value},
             {"$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}},
         )
         return result.modified_count
 
     async def roster(self, run_id: ObjectId) -> AsyncIterator[Job]:
         """The run's student jobs, for the roster handed to pre/post-processing."""
-        async for doc in self.jobs.find({"run_id": run_id, "kind": JobKind.STUDENT.value}, {"stages": 0}):
+        async for doc in self.jobs.find({"run_id": str(run_id), "kind": JobKind.STUDENT.value}, {"stages": 0}):
             yield _job(doc)

@@ -38,8 +38,9 @@ class RunStore:
             "_id": run_id,
             "status": RunStatus.CREATED.value,
             "n_students": n_students,
-            "pre_job_id": pre_job_id,
-            "post_job_id": post_job_id,
+            # References as hex strings: nx-27017 cannot match an ObjectId outside _id.
+            "pre_job_id": str(pre_job_id) if pre_job_id else None,
+            "post_job_id": str(post_job_id) if post_job_id else None,
             "students_done": 0,
             "created_at": time.time(),
         }
