@@ -134,10 +134,9 @@ class Scheduler:
         """A job reached a final status: advance its run when that may unblock it."""
         run_id = ObjectId(job.run_id)
         if job.kind is JobKind.STUDENT:
-            run = await self.store.runs.get(run_id)
             # Cheap counter first; the exact count in advance() only when it says "maybe all done".
-            done = await self.store.runs.count_student_done(run_id)
-            if run is None or done < run.n_students:
+            done, n_students = await self.store.runs.count_student_done(run_id)
+            if done < n_students:
                 return
         await self.advance(run_id)
 

@@ -122,9 +122,8 @@ class APIHandler(tornado.web.RequestHandler):
             self.set_header("WWW-Authenticate", 'Bearer realm="broadway"')
             raise ApiError(401, "a valid client token is required (Authorization: Bearer <client token>)")
 
-    async def require_worker(self) -> Worker:
+    async def require_worker(self, worker_id: str) -> Worker:
         """Grader endpoints: a registered, live worker_id, else 404 so that the grader registers again."""
-        worker_id = self.required_str("worker_id")
         worker = await self.services.store.workers.get_alive(digest(worker_id))
         if worker is None:
             raise ApiError(404, "unknown worker (never registered, or declared dead): register again")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -30,10 +31,13 @@ class GradingJobPollHandler(APIHandler):
 
     async def get(self) -> None:
         """The next queued job, or 412 when the queue is empty (after up to `wait` seconds)."""
-        worker = await self.require_worker()
         wait = self._wait_seconds()
         services = self.services
-        held = await services.store.jobs.count_held(worker.ref)
+        worker_id = self.required_str("worker_id")
+        # Both lookups at once: this is the hottest path of the API.
+        worker, held = await asyncio.gather(
+            self.require_worker(worker_id), services.store.jobs.count_held(digest(worker_id))
+        )
         if held >= worker.slots:
             raise ApiError(409, f"this worker already runs {held} job(s) with {worker.slots} slot(s): report one first")
         deadline = time.monotonic() + wait

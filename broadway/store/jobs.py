@@ -1,8 +1,11 @@
 """Grading jobs in the `jobs` collection, and the queue they form.
 
 A job is in the queue exactly while it carries `queue_key` (set when queued, unset when claimed
-or cancelled). The claim filters and sorts on that one indexed field, which stays ~1 ms at
-100k queued jobs on nx-27017, where filtering on `status` and sorting on another field scans.
+or cancelled), and running exactly while it carries `holder` (the worker's ref). Hot queries
+filter on one of those single indexed fields: the claim filters and sorts on `queue_key`,
+which stays ~1 ms at 100k queued jobs on nx-27017, where filtering on `status` and sorting on
+another field scans; nx-27017's count_documents scans whatever the filter (~100 ms at 2k jobs),
+so counts go through aggregate.
 Keys sort by priority first: pre/post-processing jobs (they gate a whole run), then requeued
 jobs (they have waited once already), then fresh student jobs, each FIFO by queue time.
 """
@@ -18,6 +21,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from broadway.models import Job, JobKind, JobStatus
@@ -89,6 +93,13 @@ def new_job_doc(
     }
 
 
+async def count(collection: AsyncCollection, match: dict[str, Any]) -> int:
+    """count_documents through aggregate: nx-27017 scans for count_documents, not for $match."""
+    cursor = await collection.aggregate([{"$match": match}, {"$count": "n"}])
+    rows = await cursor.to_list()
+    return int(rows[0]["n"]) if rows else 0
+
+
 class JobStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.jobs = db.jobs
@@ -137,7 +148,7 @@ class JobStore:
             {"queue_key": {"$exists": True}},
             {
                 "$unset": {"queue_key": ""},
-                "$set": {"status": JobStatus.RUNNING.value, "worker": worker_ref,
+                "$set": {"status": JobStatus.RUNNING.value, "worker": worker_ref, "holder": worker_ref,
                          "attempt_id": secrets.token_hex(8), "started_at": time.time()},
                 "$inc": {"attempts": 1},
             },
@@ -151,13 +162,13 @@ class JobStore:
         result = await self.jobs.update_one(
             {"_id": job_id, "status": JobStatus.RUNNING.value, "attempt_id": attempt_id},
             {"$set": {"status": JobStatus.QUEUED.value, "queue_key": queue_key(PRIORITY_REQUEUED, job_id)},
-             "$unset": {"attempt_id": "", "worker": ""}, "$inc": {"attempts": -1}},
+             "$unset": {"attempt_id": "", "worker": "", "holder": ""}, "$inc": {"attempts": -1}},
         )  # fmt: skip
         return result.modified_count == 1
 
     async def count_held(self, worker_ref: str) -> int:
         """How many jobs a worker is running now."""
-        return await self.jobs.count_documents({"worker": worker_ref, "status": JobStatus.RUNNING.value})
+        return await count(self.jobs, {"holder": worker_ref})
 
     async def report(
         self, job_id: ObjectId, worker_ref: str, attempt_id: str | None, success: bool, result: str, fingerprint: str
@@ -167,14 +178,15 @@ class JobStore:
         The same report again finds the job finished with the same fingerprint: DUPLICATE, no change.
         Anything else for a job not running under that worker is a CONFLICT and changes nothing.
         """
-        holder: dict[str, Any] = {"_id": job_id, "status": JobStatus.RUNNING.value, "worker": worker_ref}
+        holder: dict[str, Any] = {"_id": job_id, "holder": worker_ref}
         if attempt_id is not None:
             holder["attempt_id"] = attempt_id
         status = JobStatus.SUCCEEDED if success else JobStatus.FAILED
         doc = await self.jobs.find_one_and_update(
             holder,
             {"$set": {"status": status.value, "result": result, "finished_at": time.time(),
-                      "report_fingerprint": fingerprint}},
+                      "report_fingerprint": fingerprint},
+             "$unset": {"holder": ""}},
             return_document=ReturnDocument.AFTER,
         )  # fmt: skip
         if doc:
@@ -193,19 +205,22 @@ class JobStore:
         """Take every job away from a dead worker: back to the queue, or failed after max_attempts."""
         requeued: list[Job] = []
         failed: list[Job] = []
-        async for doc in self.jobs.find({"worker": worker_ref, "status": JobStatus.RUNNING.value}):
-            holder = {"_id": doc["_id"], "status": JobStatus.RUNNING.value, "attempt_id": doc.get("attempt_id")}
+        async for doc in self.jobs.find({"holder": worker_ref}):
+            holder = {"_id": doc["_id"], "holder": worker_ref, "attempt_id": doc.get("attempt_id")}
             attempts = doc.get("attempts", 0)
             if attempts < max_attempts:
                 update: dict[str, Any] = {
                     "$set": {"status": JobStatus.QUEUED.value, "queue_key": queue_key(PRIORITY_REQUEUED, doc["_id"]),
                              "error": f"attempt {attempts}: {reason}"},
-                    "$unset": {"attempt_id": ""},
+                    "$unset": {"attempt_id": "", "holder": ""},
                 }  # fmt: skip
                 bucket = requeued
             else:
                 error = f"infrastructure: gave up after {attempts} attempts; last: {reason}"
-                update = {"$set": {"status": JobStatus.FAILED.value, "error": error, "finished_at": time.time()}}
+                update = {
+                    "$set": {"status": JobStatus.FAILED.value, "error": error, "finished_at": time.time()},
+                    "$unset": {"holder": ""},
+                }
                 bucket = failed
             after = await self.jobs.find_one_and_update(holder, update, return_document=ReturnDocument.AFTER)
             if after:
@@ -235,7 +250,7 @@ class JobStore:
         """running -> cancelled; the graders' later reports for these jobs are refused (409)."""
         result = await self.jobs.update_many(
             {"run_id": str(run_id), "status": JobStatus.RUNNING.value},
-            {"$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}},
+            {"$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}, "$unset": {"holder": ""}},
         )
         return result.modified_count
 

@@ -70,8 +70,8 @@ class RunStore:
         result = await self.runs.update_one({"_id": run_id, "status": {"$in": unfinished}}, {"$set": fields})
         return result.modified_count == 1
 
-    async def count_student_done(self, run_id: ObjectId) -> int:
-        """Count one more finished student job; returns the new count.
+    async def count_student_done(self, run_id: ObjectId) -> tuple[int, int]:
+        """Count one more finished student job; returns (students done, students in the run).
 
         Only a hint that the students may all be done (a crash between a job's report and this
         increment leaves it low); the scheduler confirms with an exact count before acting.
@@ -79,7 +79,7 @@ class RunStore:
         doc = await self.runs.find_one_and_update(
             {"_id": run_id}, {"$inc": {"students_done": 1}}, return_document=ReturnDocument.AFTER
         )
-        return int(doc["students_done"]) if doc else 0
+        return (int(doc["students_done"]), int(doc["n_students"])) if doc else (0, 0)
 
     async def running_ids(self) -> list[ObjectId]:
         """Ids of every run in progress (for the recovery sweep)."""

@@ -8,6 +8,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from broadway.models import Worker
+from broadway.store.jobs import count
 
 
 def _worker(doc: dict[str, Any]) -> Worker:
@@ -56,4 +57,4 @@ class WorkerStore:
         return result.modified_count == 1
 
     async def count_alive(self) -> int:
-        return await self.workers.count_documents({"alive": True})
+        return await count(self.workers, {"alive": True})
