@@ -84,3 +84,58 @@ class ApiProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+class GraderProcess:
+    """`python -m grader` in a child process, with its output in a log file."""
+
+    def __init__(self, api_url: str, work_dir: Path, *args: str, name: str = "test-grader") -> None:
+        self.api_url = api_url
+        self.work_dir = work_dir
+        self.args = ["--name", name, *args]
+        self.log_path = work_dir.parent / f"{work_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GraderProcess:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "grader", "--api-url", self.api_url, "--token", CLUSTER_TOKEN,
+            "--work-dir", str(self.work_dir), "--log-level", "DEBUG", *self.args,
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Warm stop, escalating to a cold stop and then SIGKILL if it takes too long."""
+        if self.proc is None:
+            return 0
+        for signum in (signal.SIGTERM, signal.SIGTERM):
+            if self.proc.poll() is None:
+                self.proc.send_signal(signum)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    continue
+        self.kill()
+        return self.proc.returncode

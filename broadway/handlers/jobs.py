@@ -98,12 +98,19 @@ class GradingJobReportHandler(APIHandler):
         attempt = self.arg("attempt")
         if attempt is not None and not isinstance(attempt, str):
             raise ApiError(400, "argument 'attempt' must be a string")
+        # Additive to the seed: a grader names an infrastructure failure (image missing, Docker
+        # down) here, so that it is kept apart from the student's own result. It fails the job.
+        error = self.arg("error")
+        if error is not None and not isinstance(error, str):
+            raise ApiError(400, "argument 'error' must be a string")
+        error = error[:2000] if error else None
+        success = success and error is None
         if job_id is None:
             raise ApiError(404, f"no grading job with id {job_id_text!r}")
-        fingerprint = hashlib.sha256(f"{success}\0{result}".encode("utf-8", "surrogatepass")).hexdigest()
+        fingerprint = hashlib.sha256(f"{success}\0{error}\0{result}".encode("utf-8", "surrogatepass")).hexdigest()
         services = self.services
         report = await services.store.jobs.report(
-            job_id, digest(worker_id), attempt or None, success, result, fingerprint
+            job_id, digest(worker_id), attempt or None, success, result, fingerprint, error
         )
         if report.outcome is ReportOutcome.NOT_FOUND:
             raise ApiError(404, f"no grading job with id {job_id_text!r}")

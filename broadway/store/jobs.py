@@ -171,7 +171,14 @@ class JobStore:
         return await count(self.jobs, {"holder": worker_ref})
 
     async def report(
-        self, job_id: ObjectId, worker_ref: str, attempt_id: str | None, success: bool, result: str, fingerprint: str
+        self,
+        job_id: ObjectId,
+        worker_ref: str,
+        attempt_id: str | None,
+        success: bool,
+        result: str,
+        fingerprint: str,
+        error: str | None = None,
     ) -> Report:
         """Record a running job's result, if worker_ref (and attempt_id, when given) holds it.
 
@@ -182,11 +189,15 @@ class JobStore:
         if attempt_id is not None:
             holder["attempt_id"] = attempt_id
         status = JobStatus.SUCCEEDED if success else JobStatus.FAILED
+        fields = {"status": status.value, "result": result, "finished_at": time.time()}
+        fields["report_fingerprint"] = fingerprint
+        # A requeued job carries the reason of its earlier attempt in `error`; the report replaces it.
+        unset = {"holder": ""} if error else {"holder": "", "error": ""}
+        if error:
+            fields["error"] = error
         doc = await self.jobs.find_one_and_update(
             holder,
-            {"$set": {"status": status.value, "result": result, "finished_at": time.time(),
-                      "report_fingerprint": fingerprint},
-             "$unset": {"holder": ""}},
+            {"$set": fields, "$unset": unset},
             return_document=ReturnDocument.AFTER,
         )  # fmt: skip
         if doc:

@@ -111,6 +111,19 @@ async def test_report_without_success_means_completed_and_accepts_form_and_query
     assert statuses == {a["job_id"]: "succeeded", b["job_id"]: "failed"}
 
 
+async def test_report_naming_an_infrastructure_error_fails_the_job_and_keeps_the_reason(api: ApiClient) -> None:
+    run_id = await api.submit_and_start(run_config(students=1))
+    worker = await api.register()
+    job = (await api.poll(worker)).json
+    resp = await api.report(worker, job["job_id"], result="{}", success=True, error="infrastructure: image gone")
+    assert resp.status == 200
+    (student,) = (await api.status(run_id))["student_statuses"]
+    assert student["status"] == "failed", "an infrastructure error is never a success"
+    assert student["error"] == "infrastructure: image gone"
+    bad = await api.report(worker, job["job_id"], error=["not", "text"])
+    assert bad.status == 400 and "error" in bad.json["error"]
+
+
 async def test_same_report_twice_is_one_result(api: ApiClient) -> None:
     run_id = await api.submit_and_start(run_config(students=1))
     worker = await api.register()

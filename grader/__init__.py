@@ -1,0 +1,1 @@
+"""Broadway's grader daemon: registers with the API, pulls jobs, runs their stages in Docker."""

@@ -1,0 +1,120 @@
+"""`python -m grader` / `broadway-grader`: the grader daemon a course's sysadmin runs on each VM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import hashlib
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import IO
+
+import docker
+import docker.errors
+
+from grader.client import GraderClient
+from grader.config import DEFAULT_WORK_DIR, GraderConfig, Limits, parse_size
+from grader.daemon import Daemon
+from grader.executor import Executor
+
+log = logging.getLogger("grader")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="broadway-grader",
+        description="Join a Broadway cluster and run grading jobs in Docker.",
+        epilog="The first SIGTERM/SIGINT finishes the running jobs and exits; a second kills them.",
+    )
+    p.add_argument("legacy_token", nargs="?", metavar="CLUSTER_TOKEN",
+                   help="cluster token, positional as the original grader took it")  # fmt: skip
+    p.add_argument("--api-url", default=os.environ.get("BROADWAY_API_URL", "http://127.0.0.1:8888"),
+                   help="the API's base URL (env BROADWAY_API_URL; default http://127.0.0.1:8888)")  # fmt: skip
+    p.add_argument("--token", default=os.environ.get("BROADWAY_CLUSTER_TOKEN"),
+                   help="cluster token the API printed at start-up (env BROADWAY_CLUSTER_TOKEN)")  # fmt: skip
+    p.add_argument("--slots", type=int, default=1, help="jobs run at the same time (default 1)")
+    p.add_argument("--name", default=socket.gethostname(), help="name shown in the API's logs (default: host name)")
+    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                   help=f"job directories; one grader per directory (default {DEFAULT_WORK_DIR})")  # fmt: skip
+    p.add_argument("--memory", default="1g", help="memory per stage, swap the same (default 1g)")
+    p.add_argument("--cpus", type=float, default=1.0, help="CPUs per stage (default 1)")
+    p.add_argument("--pids", type=int, default=256, help="processes per stage (default 256)")
+    p.add_argument("--timeout", type=float, default=30.0, help="wall-clock seconds per stage (default 30)")
+    p.add_argument("--max-output", default="1m", help="output kept per stage, tail first (default 1m)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def config_from_args(argv: list[str] | None) -> GraderConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        limits = Limits(
+            memory_bytes=parse_size(args.memory),
+            cpus=args.cpus,
+            pids=args.pids,
+            timeout_s=args.timeout,
+            max_output_bytes=parse_size(args.max_output),
+        )
+        return GraderConfig(
+            api_url=args.api_url,
+            token=args.token or args.legacy_token or "",
+            slots=args.slots,
+            name=args.name,
+            work_dir=args.work_dir.resolve(),
+            limits=limits,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def lock_work_dir(work_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the work directory: two graders sharing one would remove each other's files."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(work_dir / ".lock", "w")  # held for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        message = f"broadway-grader: another grader is using {work_dir}; give this one its own --work-dir"
+        raise SystemExit(message) from None
+    return handle
+
+
+async def serve(config: GraderConfig, docker_client: docker.DockerClient) -> int:
+    instance = hashlib.sha256(f"{socket.gethostname()}:{config.work_dir}".encode()).hexdigest()[:16]
+    executor = Executor(docker_client, config.limits, config.work_dir, instance)
+    client = GraderClient(config)
+    daemon = Daemon(config, client, executor)
+    daemon.install_signal_handlers()
+    try:
+        return await daemon.run()
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = config_from_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, build_parser().parse_args(argv).log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    lock = lock_work_dir(config.work_dir)
+    try:
+        docker_client = docker.from_env(timeout=60)
+        docker_client.ping()
+    except docker.errors.DockerException as exc:
+        print(f"broadway-grader: cannot reach the Docker engine: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(serve(config, docker_client))
+    finally:
+        docker_client.close()
+        lock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

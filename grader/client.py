@@ -1,0 +1,177 @@
+"""The grader's side of the API: register, poll, heartbeat, report, with retries that never spin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.iostream import StreamClosedError
+
+from grader.config import GraderConfig
+
+log = logging.getLogger(__name__)
+
+# Failures of the network or of an API that is restarting: worth retrying later.
+_TRANSPORT_ERRORS = (OSError, HTTPClientError, StreamClosedError, asyncio.TimeoutError)
+
+
+class Unreachable(Exception):
+    """The API could not be reached or answered 5xx; the caller retries later."""
+
+
+class WorkerUnknown(Exception):
+    """The API does not know this worker (forgotten, or declared dead): register again."""
+
+
+class Rejected(Exception):
+    """The API refused the cluster token or a request; retrying the same request cannot help."""
+
+
+class Backoff:
+    """Exponential delays with full jitter, capped, so a fleet of graders never retries in step."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.initial * 2**self.failures)
+        self.failures += 1
+        return random.uniform(ceiling / 2, ceiling)  # jitter, not a secret
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.next_delay())
+
+
+@dataclass(frozen=True)
+class Registration:
+    worker_id: str
+    heartbeat_s: float
+
+
+class GraderClient:
+    """HTTP calls of the seed v1 contract, with the worker id kept here and never logged."""
+
+    def __init__(self, config: GraderConfig) -> None:
+        self.config = config
+        self.base = config.api_url.rstrip("/") + "/api/v1"
+        # Room for one long poll, one heartbeat and a report from every slot at the same time.
+        self.http = AsyncHTTPClient(force_instance=True, max_clients=config.slots + 4)
+        self.registration: Registration | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    @property
+    def worker_id(self) -> str:
+        if self.registration is None:
+            raise WorkerUnknown("not registered")
+        return self.registration.worker_id
+
+    async def _call(
+        self, method: str, path: str, params: dict[str, str], body: Any = None, seconds: float | None = None
+    ) -> HTTPResponse:
+        url = f"{self.base}{path}?{urllib.parse.urlencode(params)}"
+        request = HTTPRequest(
+            url,
+            method=method,
+            body=json.dumps(body) if body is not None else ("" if method == "POST" else None),
+            headers={"Content-Type": "application/json"},
+            request_timeout=seconds or self.config.request_timeout_s,
+            connect_timeout=10,
+        )
+        try:
+            response = await self.http.fetch(request, raise_error=False)
+        except _TRANSPORT_ERRORS as exc:
+            raise Unreachable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        if response.code >= 500 or response.code == 599:
+            raise Unreachable(f"{method} {path}: HTTP {response.code} {_error_text(response)}")
+        return response
+
+    async def register(self) -> Registration:
+        """Join the cluster, retrying while the API is unreachable; Rejected on a wrong token."""
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        params = {"token": self.config.token}
+        if self.config.name:
+            params["name"] = self.config.name
+        params["slots"] = str(self.config.slots)
+        while True:
+            try:
+                response = await self._call("GET", "/worker_register", params)
+            except Unreachable as exc:
+                delay = backoff.next_delay()
+                log.warning("cannot register (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            if response.code != 200:
+                raise Rejected(f"registration refused: HTTP {response.code} {_error_text(response)}")
+            answer = json.loads(response.body)
+            self.registration = Registration(str(answer["worker_id"]), float(answer["heartbeat"]))
+            log.info("registered with %s; heartbeat every %ss", self.config.api_url, answer["heartbeat"])
+            return self.registration
+
+    async def poll(self, wait: float) -> dict[str, Any] | None:
+        """The next job, or None when the queue stayed empty for `wait` seconds."""
+        params = {"worker_id": self.worker_id, "wait": f"{wait:g}"}
+        response = await self._call("GET", "/grading_job", params, seconds=wait + self.config.request_timeout_s)
+        if response.code == 200:
+            job: dict[str, Any] = json.loads(response.body)
+            return job
+        if response.code in (401, 404):
+            raise WorkerUnknown(_error_text(response))
+        if response.code in (409, 412):
+            # 412: the queue is empty. 409: the API still counts a job of ours that we have
+            # already reported or abandoned; either way there is nothing to run now.
+            return None
+        raise Rejected(f"poll refused: HTTP {response.code} {_error_text(response)}")
+
+    async def heartbeat(self) -> None:
+        """Tell the API this worker is alive; WorkerUnknown when it has been declared dead."""
+        response = await self._call("POST", "/heartbeat", {"worker_id": self.worker_id})
+        if response.code in (401, 404):
+            raise WorkerUnknown(_error_text(response))
+        if response.code != 200:
+            raise Rejected(f"heartbeat refused: HTTP {response.code} {_error_text(response)}")
+
+    async def report(
+        self, job_id: str, result: str, success: bool, attempt: str | None, error: str | None = None
+    ) -> bool:
+        """Deliver a result, retrying while the API is unreachable. False when the API refused it
+        (409: the job was taken away from this worker, e.g. after it was declared dead).
+        `error` marks an infrastructure failure (not the student's), which the API keeps apart."""
+        body: dict[str, Any] = {"result": result, "success": success}
+        if attempt:
+            body["attempt"] = attempt
+        if error:
+            body["error"] = error
+        path = f"/grading_job/{urllib.parse.quote(job_id, safe='')}"
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        while True:
+            try:
+                response = await self._call("POST", path, {"worker_id": self.worker_id}, body)
+            except Unreachable as exc:
+                delay = backoff.next_delay()
+                log.warning("cannot report job %s (%s); retrying in %.1fs", job_id, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            if response.code == 200:
+                return True
+            log.warning("result of job %s dropped: HTTP %d %s", job_id, response.code, _error_text(response))
+            return False
+
+
+def _error_text(response: HTTPResponse) -> str:
+    try:
+        return str(json.loads(response.body or b"{}").get("error", ""))
+    except (ValueError, AttributeError):
+        return (response.body or b"")[:200].decode("utf-8", "replace")

@@ -1,0 +1,182 @@
+"""The grader's main loop: register, keep a heartbeat going, long-poll for jobs, run, report.
+
+Stopping (arq's convention): the first SIGTERM/SIGINT is a warm stop (no new jobs; the running
+ones finish and are reported, exit 0); a second is a cold stop (containers killed, nothing
+reported, exit 128+signal). Jobs a cold stop abandons go back to the queue through the API's
+liveness reaper once the heartbeats stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from grader.client import Backoff, GraderClient, Rejected, Unreachable, WorkerUnknown
+from grader.config import GraderConfig
+from grader.executor import Executor, JobOutcome
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, config: GraderConfig, client: GraderClient, executor: Executor) -> None:
+        self.config = config
+        self.client = client
+        self.executor = executor
+        # Docker SDK calls block; they get threads of their own, never the event loop.
+        self.threads = ThreadPoolExecutor(max_workers=config.slots + 2, thread_name_prefix="docker")
+        self.slots = asyncio.Semaphore(config.slots)
+        self.jobs: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
+        self.exit_code = 0
+        self._poll_task: asyncio.Task[Any] | None = None
+        self._register_lock = asyncio.Lock()
+        self.jobs_done = 0
+
+    async def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        removed = await loop.run_in_executor(self.threads, self.executor.remove_leftovers)
+        if removed:
+            log.info("removed %d container(s) left by an earlier run", removed)
+        try:
+            await self.client.register()
+        except Rejected as exc:
+            log.error("%s: check the cluster token", exc)
+            return 2
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        try:
+            await self._poll_loop()
+            if self.jobs:
+                log.info("waiting for %d running job(s) to finish", len(self.jobs))
+                await asyncio.gather(*self.jobs, return_exceptions=True)
+        finally:
+            heartbeat.cancel()
+            self.threads.shutdown(wait=False, cancel_futures=True)
+        log.info("grader stopped after %d job(s)", self.jobs_done)
+        return self.exit_code
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """First call: warm stop. Second call: cold stop."""
+        if not self.stopping.is_set():
+            log.info("%s: finishing running jobs, then stopping (send again to stop now)", _signal_name(signum))
+            self.stopping.set()
+            if self._poll_task is not None:
+                self._poll_task.cancel()
+            return
+        log.warning("%s: stopping now; killing %d running job(s)", _signal_name(signum), len(self.jobs))
+        self.exit_code = 128 + signum
+        self.executor.kill_all()
+        for task in self.jobs:
+            task.cancel()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signum)
+
+    async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        while not self.stopping.is_set():
+            await self.slots.acquire()
+            job = None
+            try:
+                if self.stopping.is_set():
+                    break
+                if not await loop.run_in_executor(self.threads, self.executor.ping):
+                    # Claiming a job we cannot run would only fail it: wait for Docker instead.
+                    delay = backoff.next_delay()
+                    log.warning("Docker engine not reachable; not taking jobs, retrying in %.1fs", delay)
+                    await self._pause(delay)
+                    continue
+                self._poll_task = asyncio.ensure_future(self.client.poll(self.config.poll_wait_s))
+                job = await self._poll_task
+                backoff.reset()
+            except asyncio.CancelledError:
+                if not self.stopping.is_set():
+                    raise
+            except Unreachable as exc:
+                delay = backoff.next_delay()
+                log.warning("API unreachable (%s); retrying in %.1fs", exc, delay)
+                await self._pause(delay)
+            except WorkerUnknown:
+                await self._register_again()
+            except Rejected as exc:
+                delay = backoff.next_delay()
+                log.error("%s; retrying in %.1fs", exc, delay)
+                await self._pause(delay)
+            finally:
+                self._poll_task = None
+                if job is None:
+                    self.slots.release()
+            if job is not None:
+                task = asyncio.create_task(self._run_and_report(job), name=f"job {job.get('job_id')}")
+                self.jobs.add(task)
+                task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self.jobs.discard(task)
+        self.slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task failed", exc_info=task.exception())
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when a stop is requested."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _run_and_report(self, job: dict[str, Any]) -> None:
+        job_id = str(job.get("job_id"))
+        log.info("job %s: running %d stage(s)", job_id, len(job.get("stages", [])))
+        loop = asyncio.get_running_loop()
+        outcome: JobOutcome = await loop.run_in_executor(self.threads, self.executor.run_job, job)
+        if self.exit_code:
+            return  # cold stop: the job was killed, its result means nothing
+        verdict = "succeeded" if outcome.success else f"failed{': ' + outcome.error if outcome.error else ''}"
+        log.info("job %s %s", job_id, verdict)
+        await self.client.report(job_id, outcome.result_json(), outcome.success, job.get("attempt"), outcome.error)
+        self.jobs_done += 1
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            registration = self.client.registration
+            interval = registration.heartbeat_s if registration else 10.0
+            await asyncio.sleep(interval)
+            try:
+                await self.client.heartbeat()
+            except Unreachable as exc:
+                log.warning("heartbeat not delivered: %s", exc)
+            except WorkerUnknown:
+                await self._register_again()
+            except Rejected as exc:
+                log.error("%s", exc)
+
+    async def _register_again(self) -> None:
+        """The API no longer knows us (declared dead, or its store was reset): join again.
+
+        Jobs still running under the old id finish; their reports are refused (409), since the
+        API has already given those jobs to someone else.
+        """
+        stale = self.client.registration
+        async with self._register_lock:
+            if self.client.registration is not stale:
+                return  # the other loop has just registered again
+            log.warning("the API does not know this worker any more; registering again")
+            try:
+                await self.client.register()
+            except Rejected as exc:
+                log.error("%s: check the cluster token", exc)
+                await self._pause(self.config.backoff_max_s)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

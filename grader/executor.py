@@ -1,0 +1,237 @@
+"""Runs one job's stages in Docker with the isolation defaults. Blocking: call it from a thread.
+
+Each stage gets a fresh container; all stages of a job share a directory mounted at /job.
+Output is streamed while the container runs and only a capped tail is kept: Docker's json-file
+log of a chatty stage grows without bound and takes minutes to read back (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import LogConfig, Mount
+from docker.utils import parse_repository_tag
+
+from grader.config import Limits, parse_size
+from grader.output import OutputTail
+
+log = logging.getLogger(__name__)
+
+LABEL = "broadway.grader"
+# Docker keeps its own copy of the output too; bound it, since we never read it back.
+_LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"})
+
+
+class InfrastructureError(Exception):
+    """The job could not be run for a reason that is not the student's (image missing, Docker error)."""
+
+
+@dataclass
+class StageResult:
+    image: str
+    exit_code: int | None = None
+    timed_out: bool = False
+    oom_killed: bool = False
+    duration_s: float = 0.0
+    output: str = ""
+    output_truncated: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
+
+
+@dataclass
+class JobOutcome:
+    stages: list[StageResult] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.error is None and bool(self.stages) and all(stage.passed for stage in self.stages)
+
+    def result_json(self) -> str:
+        result: dict[str, Any] = {"stages": [asdict(stage) for stage in self.stages]}
+        if self.error is not None:
+            result["error"] = self.error
+        return json.dumps(result)
+
+
+class Executor:
+    """Owns the grader's containers: runs them, kills them on a cold stop, sweeps up leftovers."""
+
+    def __init__(self, client: docker.DockerClient, limits: Limits, work_dir: Path, instance: str) -> None:
+        self.docker = client
+        self.limits = limits
+        self.jobs_dir = work_dir / "jobs"
+        # Containers carry this label, so a restarted grader removes what a crashed one left,
+        # without touching another grader's containers on the same host.
+        self.instance = instance
+        self._live: dict[str, Container] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.docker.ping())
+        except (docker.errors.DockerException, OSError) as exc:
+            log.debug("docker ping failed: %s", exc)
+            return False
+
+    def remove_leftovers(self) -> int:
+        """Remove containers and job directories left by an earlier run of this grader."""
+        leftovers = self.docker.containers.list(all=True, filters={"label": f"{LABEL}={self.instance}"})
+        for container in leftovers:
+            _remove(container)
+        if self.jobs_dir.exists():
+            shutil.rmtree(self.jobs_dir, ignore_errors=True)
+        return len(leftovers)
+
+    def kill_all(self) -> None:
+        """Cold stop: kill every running container now and start no new stage."""
+        self._stopping.set()
+        with self._lock:
+            containers = list(self._live.values())
+        for container in containers:
+            _remove(container)
+
+    def run_job(self, job: dict[str, Any]) -> JobOutcome:
+        """Run the job's stages in order, stopping at the first that fails."""
+        outcome = JobOutcome()
+        job_id = str(job.get("job_id", "unknown"))
+        job_dir = self.jobs_dir / f"{job_id}-{job.get('attempt') or 'a'}"
+        try:
+            self._prepare_dir(job_dir, job)
+            for stage in job.get("stages", []):
+                if self._stopping.is_set():
+                    outcome.error = "infrastructure: the grader was stopped"
+                    break
+                result = self._run_stage(stage, job_dir, job_id)
+                outcome.stages.append(result)
+                if not result.passed:
+                    break
+        except InfrastructureError as exc:
+            outcome.error = f"infrastructure: {exc}"
+        except (docker.errors.DockerException, OSError) as exc:
+            outcome.error = f"infrastructure: Docker error: {exc}"
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+        return outcome
+
+    def _prepare_dir(self, job_dir: Path, job: dict[str, Any]) -> None:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        # Stages run as whatever user their image says, with every capability dropped (so even
+        # root in the container cannot override file modes): the directory must be open to all.
+        job_dir.chmod(0o777)
+        if "students" in job:
+            roster = job_dir / "roster.json"
+            roster.write_text(json.dumps(job["students"], indent=1))
+            roster.chmod(0o666)
+
+    def _ensure_image(self, image: str) -> None:
+        try:
+            self.docker.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        repository, tag = parse_repository_tag(image)
+        log.info("image %s is not here; pulling it", image)
+        try:
+            self.docker.images.pull(repository, tag=tag or "latest")
+        except docker.errors.APIError as exc:
+            reason = exc.explanation or str(exc)
+            message = f"image {image!r} is not on this grader and could not be pulled: {reason}"
+            raise InfrastructureError(message) from None
+
+    def _run_stage(self, stage: dict[str, Any], job_dir: Path, job_id: str) -> StageResult:
+        image = stage["image"]
+        self._ensure_image(image)
+        timeout = float(stage.get("timeout") or self.limits.timeout_s)
+        memory = parse_size(stage["memory"]) if stage.get("memory") else self.limits.memory_bytes
+        try:
+            container = self.docker.containers.create(
+                image,
+                entrypoint=stage.get("entrypoint"),
+                environment=list(stage.get("env") or []),
+                hostname=stage.get("host_name") or None,
+                network_mode=None if stage.get("enable_networking") else "none",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                mem_limit=memory,
+                memswap_limit=memory,
+                nano_cpus=int(self.limits.cpus * 1e9),
+                pids_limit=self.limits.pids,
+                mounts=[Mount(target="/job", source=str(job_dir.resolve()), type="bind")],
+                labels={LABEL: self.instance, "broadway.job": job_id},
+                log_config=_LOG_CONFIG,
+                detach=True,
+            )
+        except docker.errors.APIError as exc:
+            raise InfrastructureError(f"cannot create a container from {image!r}: {exc.explanation or exc}") from None
+        with self._lock:
+            self._live[container.id] = container
+        try:
+            if self._stopping.is_set():  # a cold stop came while the container was being created
+                raise InfrastructureError("the grader was stopped")
+            return self._watch(container, image, timeout)
+        finally:
+            with self._lock:
+                self._live.pop(container.id, None)
+            _remove(container)
+
+    def _watch(self, container: Container, image: str, timeout: float) -> StageResult:
+        result = StageResult(image=image)
+        tail = OutputTail(self.limits.max_output_bytes)
+        # Attach before start, so not a byte of output is missed.
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+        timed_out = threading.Event()
+
+        def kill_on_timeout() -> None:
+            timed_out.set()
+            _kill(container)
+
+        timer = threading.Timer(timeout, kill_on_timeout)
+        started = time.monotonic()
+        try:
+            container.start()
+            timer.start()
+            for chunk in stream:
+                tail.feed(chunk)
+            status = container.wait(timeout=30)
+        finally:
+            timer.cancel()
+            stream.close()
+        result.duration_s = round(time.monotonic() - started, 3)
+        result.exit_code = int(status.get("StatusCode", -1))
+        result.timed_out = timed_out.is_set()
+        container.reload()
+        result.oom_killed = bool(container.attrs.get("State", {}).get("OOMKilled"))
+        result.output = tail.text()
+        result.output_truncated = tail.truncated
+        return result
+
+
+def _kill(container: Container) -> None:
+    try:
+        container.kill()
+    except docker.errors.APIError:
+        pass  # already gone or already stopped
+
+
+def _remove(container: Container) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        log.warning("could not remove container %s: %s", container.short_id, exc)

@@ -1,0 +1,36 @@
+"""Real Docker for the tests that are about running stages: an engine and a busybox image."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import docker
+import docker.errors
+import pytest
+
+from grader.executor import LABEL
+from utils.images import build_image
+
+BUSYBOX_IMAGE = "broadway-test-busybox:latest"
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"these tests need a Docker engine (run `make docker`): {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: docker.DockerClient) -> str:
+    build_image(docker_client, BUSYBOX_IMAGE)
+    return BUSYBOX_IMAGE
+
+
+def broadway_containers(client: docker.DockerClient) -> list[str]:
+    """Ids of every container any grader started and has not removed."""
+    return [c.id for c in client.containers.list(all=True, filters={"label": LABEL})]

@@ -1,0 +1,132 @@
+"""A grader runs each job's stages in real containers, with the isolation the issue promises."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from broadway.server import ApiService
+from tests.grader.conftest import StartGrader, finished_run, stages_of
+from tests.helpers import ApiClient, stage
+
+
+def sh(image: str, script: str, **fields: Any) -> dict[str, Any]:
+    return stage(image, entrypoint=["sh", "-c", script], **fields)
+
+
+async def run_one(api: ApiClient, pipeline: list[dict[str, Any]], **config: Any) -> dict[str, Any]:
+    """Submit and start a one-student run; return that student's job once the run has ended."""
+    run_id = await api.submit_and_start({"student_pipeline": pipeline, "students": [{"STUDENT_ID": "alice"}], **config})
+    status = await finished_run(api, run_id)
+    return dict(status["student_statuses"][0])
+
+
+async def test_two_stages_share_job_dir_env_and_host_name(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    start_grader(api_service.url)
+    job = await run_one(
+        api,
+        [
+            sh(busybox_image, 'echo "built for $STUDENT_ID" > /job/artifact'),
+            sh(busybox_image, 'cat /job/artifact; echo "opts=$OPTS host=$(hostname)"; echo "job=$GRADING_JOB_ID"',
+               env={"OPTS": "$FLAGS", "STUDENT_ID": ""}, host_name="grading-box"),
+        ],
+        env={"FLAGS": "-O2 --define=A=B"},
+    )  # fmt: skip
+    assert job["status"] == "succeeded", job
+    first, second = stages_of(job)
+    assert first["exit_code"] == 0 and not first["timed_out"]
+    lines = second["output"].splitlines()
+    assert "built for alice" in lines, "the second stage reads what the first wrote to /job"
+    assert "opts=-O2 --define=A=B host=grading-box" in lines, "values with '=' arrive intact; host name set"
+    assert f"job={job['job_id']}" in lines
+
+
+async def test_stops_at_first_failing_stage(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    start_grader(api_service.url)
+    job = await run_one(api, [sh(busybox_image, "echo compile error >&2; exit 3"), sh(busybox_image, "echo never")])
+    assert job["status"] == "failed"
+    (only,) = stages_of(job)
+    assert only["exit_code"] == 3 and "compile error" in only["output"]
+    assert job["error"] is None, "a student's failing stage is not an infrastructure error"
+
+
+async def test_network_absent_by_default_present_when_enabled(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    start_grader(api_service.url)
+    closed = await run_one(api, [sh(busybox_image, "ls /sys/class/net")])
+    opened = await run_one(api, [sh(busybox_image, "ls /sys/class/net", enable_networking=True)])
+    assert stages_of(closed)[0]["output"].split() == ["lo"]
+    assert "eth0" in stages_of(opened)[0]["output"].split()
+
+
+async def test_timeout_kills_the_container(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    start_grader(api_service.url)
+    job = await run_one(api, [sh(busybox_image, "echo started; sleep 600", timeout=1)])
+    (result,) = stages_of(job)
+    assert job["status"] == "failed"
+    assert result["timed_out"] is True and "started" in result["output"]
+    assert result["duration_s"] < 10
+
+
+async def test_memory_hog_and_fork_bomb_are_contained(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    grader = start_grader(api_service.url, "--pids", "64", "--timeout", "4")
+    hog = await run_one(api, [sh(busybox_image, "dd if=/dev/zero of=/dev/null bs=256M count=1", memory="32m")])
+    bomb = await run_one(api, [sh(busybox_image, "while true; do sleep 60 & done")])
+    after = await run_one(api, [sh(busybox_image, "echo still fine")])
+    assert stages_of(hog)[0]["oom_killed"] is True and hog["status"] == "failed"
+    bomb_stage = stages_of(bomb)[0]
+    assert bomb["status"] == "failed"
+    assert "can't fork" in bomb_stage["output"] or bomb_stage["timed_out"], "the PIDs limit stopped the bomb"
+    assert after["status"] == "succeeded", "the grader keeps working after hostile stages"
+    assert grader.running
+
+
+async def test_output_is_capped_keeping_the_tail(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    start_grader(api_service.url, "--max-output", "4k")
+    job = await run_one(api, [sh(busybox_image, "seq 1 200000")])
+    (result,) = stages_of(job)
+    assert job["status"] == "succeeded"
+    assert result["output_truncated"] is True
+    assert result["output"].startswith("[output truncated")
+    assert result["output"].rstrip().endswith("\n200000")
+    assert len(result["output"].encode()) < 4096 + 200
+
+
+async def test_missing_image_is_an_infrastructure_error(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader
+) -> None:
+    start_grader(api_service.url)
+    job = await run_one(api, [stage("broadway-no-such-image:1", entrypoint=["true"])])
+    assert job["status"] == "failed"
+    assert "broadway-no-such-image:1" in job["error"] and job["error"].startswith("infrastructure")
+    assert json.loads(job["result"])["stages"] == []
+
+
+async def test_post_processing_reads_the_roster(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    start_grader(api_service.url)
+    run_id = await api.submit_and_start(
+        {
+            "student_pipeline": [sh(busybox_image, 'test "$STUDENT_ID" != bob')],
+            "students": [{"STUDENT_ID": "alice"}, {"STUDENT_ID": "bob"}],
+            "postprocessing_pipeline": [sh(busybox_image, "cat /job/roster.json")],
+        }
+    )
+    status = await finished_run(api, run_id)
+    roster = json.loads(stages_of(status["postprocessing_status"])[0]["output"])
+    by_student = {entry["env"]["STUDENT_ID"]: entry for entry in roster}
+    assert by_student["alice"]["status"] == "succeeded" and by_student["bob"]["status"] == "failed"
+    assert json.loads(by_student["alice"]["result"])["stages"][0]["exit_code"] == 0
+    assert status["status"] == "succeeded"
