@@ -87,7 +87,7 @@ class Daemon:
             try:
                 if self.stopping.is_set():
                     break
-                if not await loop.run_in_executor(self.threads, self.executor.ping):
+                if not self.executor.healthy and not await loop.run_in_executor(self.threads, self.executor.ping):
                     # Claiming a job we cannot run would only fail it: wait for Docker instead.
                     delay = backoff.next_delay()
                     log.warning("Docker engine not reachable; not taking jobs, retrying in %.1fs", delay)

@@ -80,13 +80,17 @@ class Executor:
         self._live: dict[str, Container] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        # False after a Docker error, until a ping succeeds: the daemon takes no jobs meanwhile.
+        self.healthy = True
 
     def ping(self) -> bool:
+        """Whether the Docker engine answers; a success marks the executor healthy again."""
         try:
-            return bool(self.docker.ping())
+            self.healthy = bool(self.docker.ping())
         except (docker.errors.DockerException, OSError) as exc:
             log.debug("docker ping failed: %s", exc)
-            return False
+            self.healthy = False
+        return self.healthy
 
     def remove_leftovers(self) -> int:
         """Remove containers and job directories left by an earlier run of this grader."""
@@ -124,6 +128,7 @@ class Executor:
             outcome.error = f"infrastructure: {exc}"
         except (docker.errors.DockerException, OSError) as exc:
             outcome.error = f"infrastructure: Docker error: {exc}"
+            self.healthy = False
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
         return outcome
@@ -138,12 +143,7 @@ class Executor:
             roster.write_text(json.dumps(job["students"], indent=1))
             roster.chmod(0o666)
 
-    def _ensure_image(self, image: str) -> None:
-        try:
-            self.docker.images.get(image)
-            return
-        except docker.errors.ImageNotFound:
-            pass
+    def _pull(self, image: str) -> None:
         repository, tag = parse_repository_tag(image)
         log.info("image %s is not here; pulling it", image)
         try:
@@ -155,27 +155,16 @@ class Executor:
 
     def _run_stage(self, stage: dict[str, Any], job_dir: Path, job_id: str) -> StageResult:
         image = stage["image"]
-        self._ensure_image(image)
         timeout = float(stage.get("timeout") or self.limits.timeout_s)
-        memory = parse_size(stage["memory"]) if stage.get("memory") else self.limits.memory_bytes
+        options = container_options(stage, self.limits, job_dir)
+        options["labels"] = {LABEL: self.instance, "broadway.job": job_id}
         try:
-            container = self.docker.containers.create(
-                image,
-                entrypoint=stage.get("entrypoint"),
-                environment=list(stage.get("env") or []),
-                hostname=stage.get("host_name") or None,
-                network_mode=None if stage.get("enable_networking") else "none",
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                mem_limit=memory,
-                memswap_limit=memory,
-                nano_cpus=int(self.limits.cpus * 1e9),
-                pids_limit=self.limits.pids,
-                mounts=[Mount(target="/job", source=str(job_dir.resolve()), type="bind")],
-                labels={LABEL: self.instance, "broadway.job": job_id},
-                log_config=_LOG_CONFIG,
-                detach=True,
-            )
+            try:
+                container = self.docker.containers.create(image, **options)
+            except docker.errors.ImageNotFound:
+                # As `docker run` does: pull only when the image is missing (no lookup per stage).
+                self._pull(image)
+                container = self.docker.containers.create(image, **options)
         except docker.errors.APIError as exc:
             raise InfrastructureError(f"cannot create a container from {image!r}: {exc.explanation or exc}") from None
         with self._lock:
@@ -214,11 +203,32 @@ class Executor:
         result.duration_s = round(time.monotonic() - started, 3)
         result.exit_code = int(status.get("StatusCode", -1))
         result.timed_out = timed_out.is_set()
-        container.reload()
-        result.oom_killed = bool(container.attrs.get("State", {}).get("OOMKilled"))
+        if result.exit_code != 0:  # only a killed container can have been the OOM killer's
+            container.reload()
+            result.oom_killed = bool(container.attrs.get("State", {}).get("OOMKilled"))
         result.output = tail.text()
         result.output_truncated = tail.truncated
         return result
+
+
+def container_options(stage: dict[str, Any], limits: Limits, job_dir: Path) -> dict[str, Any]:
+    """docker SDK `containers.create` arguments for a stage: its own settings plus the isolation."""
+    memory = parse_size(stage["memory"]) if stage.get("memory") else limits.memory_bytes
+    return {
+        "entrypoint": stage.get("entrypoint"),
+        "environment": list(stage.get("env") or []),
+        "hostname": stage.get("host_name") or None,
+        "network_mode": None if stage.get("enable_networking") else "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "mem_limit": memory,
+        "memswap_limit": memory,
+        "nano_cpus": int(limits.cpus * 1e9),
+        "pids_limit": limits.pids,
+        "mounts": [Mount(target="/job", source=str(job_dir.resolve()), type="bind")],
+        "log_config": _LOG_CONFIG,
+        "detach": True,
+    }
 
 
 def _kill(container: Container) -> None:
