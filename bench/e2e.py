@@ -86,7 +86,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="broadway-bench-") as tmp:
         work = Path(tmp)
         api_proc = await asyncio.to_thread(ApiProcess(work / "api").start)
-        grader = GraderProcess(api_proc.url, work / "grader", "--slots", "2", "--log-level", "INFO").start()
+        grader = GraderProcess(api_proc.url, work / "grader", "--slots", "2", log_level="INFO").start()
         try:
             api = ApiClient(api_proc.url)
             print(f"warming up (10 jobs), then {args.jobs} jobs end to end ...", flush=True)

@@ -10,8 +10,10 @@ import pytest
 
 from grader.executor import LABEL
 from utils.images import build_image
+from utils.processes import ROOT
 
 BUSYBOX_IMAGE = "broadway-test-busybox:latest"
+EXAMPLE_IMAGE = "broadway-example-grader:latest"
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +36,10 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
 def broadway_containers(client: docker.DockerClient) -> list[str]:
     """Ids of every container any grader started and has not removed."""
     return [c.id for c in client.containers.list(all=True, filters={"label": LABEL})]
+
+
+@pytest.fixture(scope="session")
+def example_image(docker_client: docker.DockerClient) -> str:
+    """The example assignment's grader image (examples/add-assignment), as `make demo` builds it."""
+    build_image(docker_client, EXAMPLE_IMAGE, ROOT / "examples" / "add-assignment")
+    return EXAMPLE_IMAGE

@@ -1,0 +1,3 @@
+#!/bin/sh
+# multiplies by mistake
+echo $(($1 * $2))

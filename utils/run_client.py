@@ -1,0 +1,64 @@
+"""Course staff's side of the API (submit, start, status), over plain blocking HTTP.
+
+start_run is a command-line tool waiting on one run: a blocking client keeps it simple.
+Every failure becomes a ClientError whose message is one line a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+
+class ClientError(Exception):
+    """The API could not be reached or refused the request; str() is the message to show."""
+
+
+class RunClient:
+    def __init__(self, api_url: str, token: str | None, timeout: float = 30.0) -> None:
+        if not api_url.startswith(("http://", "https://")):
+            raise ClientError(f"--api-url must start with http:// or https://, got {api_url!r}")
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+        request = urllib.request.Request(self.api_url + path, data=data, method=method)  # noqa: S310 - http(s) only, checked in __init__
+        request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                answer: dict[str, Any] = json.loads(response.read() or b"{}")
+                return answer
+        except urllib.error.HTTPError as exc:
+            raise ClientError(self._explain(exc)) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ClientError(f"cannot reach the Broadway API at {self.api_url}: {reason}") from None
+        except ValueError:
+            raise ClientError(f"the API at {self.api_url} did not answer with JSON; is that the right URL?") from None
+
+    def _explain(self, exc: urllib.error.HTTPError) -> str:
+        try:
+            detail = str(json.loads(exc.read()).get("error", ""))
+        except (ValueError, AttributeError, OSError):
+            detail = ""
+        if exc.code == 401:
+            hint = "set --token or BROADWAY_CLIENT_TOKEN to the client token the API printed at start-up"
+            return f"the API refused the client token (401 {detail}); {hint}"
+        return f"the API answered {exc.code}: {detail or exc.reason}"
+
+    def submit(self, config: dict[str, Any]) -> str:
+        """Store a run; returns its id."""
+        return str(self._request("POST", "/api/v1/grading_run", {"json_payload": json.dumps(config)})["id"])
+
+    def start(self, run_id: str) -> None:
+        self._request("POST", f"/api/v1/grading_run/{urllib.parse.quote(run_id, safe='')}")
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/grading_run/{urllib.parse.quote(run_id, safe='')}")
