@@ -23,6 +23,10 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client.ping()
     except docker.errors.DockerException as exc:
         pytest.fail(f"these tests need a Docker engine (run `make docker`): {exc}")
+    # Tests check that graders leave no container behind; start from a clean slate, since an
+    # interrupted earlier session may have left some.
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        container.remove(force=True)
     yield client
     client.close()
 
