@@ -7,8 +7,10 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import docker
 import pytest
 
+from tests.docker_fixtures import broadway_containers
 from tests.e2e.conftest import EXAMPLE, start_run
 from tests.grader.conftest import StartGrader, finished_run, stages_of
 from tests.helpers import ApiClient, eventually, stage
@@ -48,14 +50,17 @@ async def test_example_run_completes_with_the_expected_statuses(
 
 
 async def test_grader_killed_mid_job_the_job_is_finished_by_another_once(
-    api_process: ApiProcess, start_grader: StartGrader, busybox_image: str
+    api_process: ApiProcess, start_grader: StartGrader, busybox_image: str, docker_client: docker.DockerClient
 ) -> None:
     api = ApiClient(api_process.url)
     first = start_grader(api_process.url)
     run_id = await api.submit_and_start(
         {"student_pipeline": [stage(busybox_image, entrypoint=["sh", "-c", "sleep 2; echo graded"])], "students": [{}]}
     )
-    await eventually(lambda: api.status(run_id), lambda s: s["counts"]["running"] == 1, timeout=30)
+    # Claimed is not enough: wait for its container, so that the kill orphans one.
+    await eventually(
+        lambda: asyncio.to_thread(broadway_containers, docker_client), lambda ids: len(ids) == 1, timeout=30
+    )
     await asyncio.to_thread(first.kill)  # SIGKILL: no warm stop, its container is orphaned
     start_grader(api_process.url)
     status = await finished_run(api, run_id, timeout=60)
