@@ -11,6 +11,7 @@ from broadway.config import Config
 from broadway.dispatch import JobSignal
 from broadway.handlers import default_handlers
 from broadway.handlers.base import NotFoundHandler, Services
+from broadway.liveness import Reaper
 from broadway.scheduler import Scheduler
 from broadway.store import Store
 from broadway.tokens import Tokens
@@ -48,7 +49,10 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 def make_app(config: Config, store: Store, tokens: Tokens) -> tornado.web.Application:
     jobs_signal = JobSignal()
     scheduler = Scheduler(store, on_jobs_queued=jobs_signal.notify)
-    services = Services(config=config, store=store, scheduler=scheduler, tokens=tokens, jobs_signal=jobs_signal)
+    reaper = Reaper(config, store, scheduler)
+    services = Services(
+        config=config, store=store, scheduler=scheduler, tokens=tokens, jobs_signal=jobs_signal, reaper=reaper
+    )
     return tornado.web.Application(
         default_handlers,
         services=services,

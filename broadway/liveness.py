@@ -12,8 +12,10 @@ import time
 from bson import ObjectId
 
 from broadway.config import Config
+from broadway.models import Worker
 from broadway.scheduler import Scheduler
 from broadway.store import Store, StoreUnavailable
+from broadway.store.jobs import Reaped
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,26 @@ class Reaper:
                 "%s: declared dead; %d job(s) requeued, %d failed",
                 reason, len(reaped.requeued), len(reaped.failed),
             )  # fmt: skip
-            if reaped.requeued:
-                self.scheduler.on_jobs_queued()
-            for job in reaped.failed:
-                await self.scheduler.job_finished(job)
+            await self._after_reaping(reaped)
+
+    async def reconcile(self, worker: Worker, running: frozenset[str]) -> None:
+        """A live worker says which jobs it runs: the others it holds were lost on the way to it
+        (the poll's answer never arrived: the API was killed after the claim, or the connection
+        dropped). Without this they would stay `running` for as long as it heartbeats."""
+        grace = 2.0 * self.config.heartbeat_interval
+        reason = f"worker {worker.name or '?'} ({worker.ref[:8]}) never received the job"
+        reaped = await self.store.jobs.reap_worker(
+            worker.ref, self.config.max_attempts, reason, keep=running, claimed_before=time.time() - grace
+        )
+        if reaped.requeued or reaped.failed:
+            log.warning("%s: %d job(s) requeued, %d failed", reason, len(reaped.requeued), len(reaped.failed))
+            await self._after_reaping(reaped)
+
+    async def _after_reaping(self, reaped: Reaped) -> None:
+        if reaped.requeued:
+            self.scheduler.on_jobs_queued()
+        for job in reaped.failed:
+            await self.scheduler.job_finished(job)
 
     async def advance_running_runs(self) -> None:
         for run_id in await self.store.runs.running_ids():

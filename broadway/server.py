@@ -15,7 +15,6 @@ from broadway.app import make_app
 from broadway.config import Config
 from broadway.embedded_store import EmbeddedStore
 from broadway.handlers.base import Services
-from broadway.liveness import Reaper
 from broadway.store import connect
 from broadway.tokens import Tokens, load_or_create
 
@@ -60,7 +59,7 @@ class ApiService:
         sockets = tornado.netutil.bind_sockets(config.port, config.host)
         self.port = sockets[0].getsockname()[1]
         self._server.add_sockets(sockets)
-        self.reaper = Reaper(config, self.store, self.services.scheduler)
+        self.reaper = self.services.reaper
         self._periodic = tornado.ioloop.PeriodicCallback(self.reaper.tick, config.reaper_interval * 1000)
         self._periodic.start()
         log.info(

@@ -29,6 +29,10 @@ class WorkerUnknown(Exception):
     """The API does not know this worker (forgotten, or declared dead): register again."""
 
 
+class SlotsBusy(Exception):
+    """The API counts as many running jobs for this worker as it has slots (409 on poll)."""
+
+
 class Rejected(Exception):
     """The API refused the cluster token or a request; retrying the same request cannot help."""
 
@@ -129,15 +133,18 @@ class GraderClient:
             return job
         if response.code in (401, 404):
             raise WorkerUnknown(_error_text(response))
-        if response.code in (409, 412):
-            # 412: the queue is empty. 409: the API still counts a job of ours that we have
-            # already reported or abandoned; either way there is nothing to run now.
+        if response.code == 412:
             return None
+        if response.code == 409:
+            # The API still counts a job of ours whose report is on its way, or one whose claim
+            # never reached us (the heartbeat's job list makes the API take that one back).
+            raise SlotsBusy(_error_text(response))
         raise Rejected(f"poll refused: HTTP {response.code} {_error_text(response)}")
 
-    async def heartbeat(self) -> None:
-        """Tell the API this worker is alive; WorkerUnknown when it has been declared dead."""
-        response = await self._call("POST", "/heartbeat", {"worker_id": self.worker_id})
+    async def heartbeat(self, running: list[str]) -> None:
+        """Tell the API this worker is alive and which jobs it runs; WorkerUnknown when it has
+        been declared dead."""
+        response = await self._call("POST", "/heartbeat", {"worker_id": self.worker_id, "jobs": ",".join(running)})
         if response.code in (401, 404):
             raise WorkerUnknown(_error_text(response))
         if response.code != 200:

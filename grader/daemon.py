@@ -14,7 +14,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from grader.client import Backoff, GraderClient, Rejected, Unreachable, WorkerUnknown
+from grader.client import Backoff, GraderClient, Rejected, SlotsBusy, Unreachable, WorkerUnknown
 from grader.config import GraderConfig
 from grader.executor import Executor, JobOutcome
 
@@ -30,6 +30,8 @@ class Daemon:
         self.threads = ThreadPoolExecutor(max_workers=config.slots + 2, thread_name_prefix="docker")
         self.slots = asyncio.Semaphore(config.slots)
         self.jobs: set[asyncio.Task[None]] = set()
+        # Jobs received and not yet reported, named in every heartbeat.
+        self.job_ids: set[str] = set()
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self._poll_task: asyncio.Task[Any] | None = None
@@ -105,6 +107,10 @@ class Daemon:
                 await self._pause(delay)
             except WorkerUnknown:
                 await self._register_again()
+            except SlotsBusy as exc:
+                delay = backoff.next_delay()
+                log.info("the API counts all slots busy (%s); polling again in %.1fs", exc, delay)
+                await self._pause(delay)
             except Rejected as exc:
                 delay = backoff.next_delay()
                 log.error("%s; retrying in %.1fs", exc, delay)
@@ -133,15 +139,19 @@ class Daemon:
 
     async def _run_and_report(self, job: dict[str, Any]) -> None:
         job_id = str(job.get("job_id"))
-        log.info("job %s: running %d stage(s)", job_id, len(job.get("stages", [])))
-        loop = asyncio.get_running_loop()
-        outcome: JobOutcome = await loop.run_in_executor(self.threads, self.executor.run_job, job)
-        if self.exit_code:
-            return  # cold stop: the job was killed, its result means nothing
-        verdict = "succeeded" if outcome.success else f"failed{': ' + outcome.error if outcome.error else ''}"
-        log.info("job %s %s", job_id, verdict)
-        await self.client.report(job_id, outcome.result_json(), outcome.success, job.get("attempt"), outcome.error)
-        self.jobs_done += 1
+        self.job_ids.add(job_id)
+        try:
+            log.info("job %s: running %d stage(s)", job_id, len(job.get("stages", [])))
+            loop = asyncio.get_running_loop()
+            outcome: JobOutcome = await loop.run_in_executor(self.threads, self.executor.run_job, job)
+            if self.exit_code:
+                return  # cold stop: the job was killed, its result means nothing
+            verdict = "succeeded" if outcome.success else f"failed{': ' + outcome.error if outcome.error else ''}"
+            log.info("job %s %s", job_id, verdict)
+            await self.client.report(job_id, outcome.result_json(), outcome.success, job.get("attempt"), outcome.error)
+            self.jobs_done += 1
+        finally:
+            self.job_ids.discard(job_id)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -149,7 +159,7 @@ class Daemon:
             interval = registration.heartbeat_s if registration else 10.0
             await asyncio.sleep(interval)
             try:
-                await self.client.heartbeat()
+                await self.client.heartbeat(sorted(self.job_ids))
             except Unreachable as exc:
                 log.warning("heartbeat not delivered: %s", exc)
             except WorkerUnknown:

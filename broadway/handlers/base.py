@@ -12,6 +12,7 @@ import tornado.web
 
 from broadway.config import Config
 from broadway.dispatch import JobSignal
+from broadway.liveness import Reaper
 from broadway.models import Worker
 from broadway.scheduler import Scheduler
 from broadway.store import Store, StoreUnavailable
@@ -25,6 +26,18 @@ PARSE_IN_THREAD_BYTES = 256 * 1024
 _MISSING = object()
 
 
+async def parse_json(text: str | bytes, what: str) -> Any:
+    """Parse JSON from a request, in a thread when it is large; 400 naming `what` when it is not JSON."""
+    try:
+        if len(text) > PARSE_IN_THREAD_BYTES:
+            return await asyncio.to_thread(json.loads, text)
+        return json.loads(text)
+    except RecursionError:
+        raise ApiError(400, f"{what} is JSON nested too deeply") from None
+    except ValueError as e:  # includes UnicodeDecodeError for invalid UTF-8
+        raise ApiError(400, f"{what} is not valid JSON: {_short(str(e))}") from None
+
+
 @dataclass(frozen=True)
 class Services:
     """What handlers work with; put in the Application settings by make_app."""
@@ -34,6 +47,7 @@ class Services:
     scheduler: Scheduler
     tokens: Tokens
     jobs_signal: JobSignal
+    reaper: Reaper
 
 
 class ApiError(tornado.web.HTTPError):
@@ -61,16 +75,7 @@ class APIHandler(tornado.web.RequestHandler):
         if length > self.services.config.max_body_bytes:
             raise ApiError(413, f"request body is {length} bytes; the limit is {self.services.config.max_body_bytes}")
         if self._looks_like_json():
-            body = self.request.body
-            try:
-                if length > PARSE_IN_THREAD_BYTES:
-                    self._json_body = await asyncio.to_thread(json.loads, body)
-                else:
-                    self._json_body = json.loads(body)
-            except RecursionError:
-                raise ApiError(400, "request body is JSON nested too deeply") from None
-            except ValueError as e:  # includes UnicodeDecodeError for invalid UTF-8
-                raise ApiError(400, f"request body is not valid JSON: {_short(str(e))}") from None
+            self._json_body = await parse_json(self.request.body, "request body")
 
     def _looks_like_json(self) -> bool:
         if not self.request.body.strip():

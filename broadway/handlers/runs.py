@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from bson import ObjectId
 
-from broadway.handlers.base import ApiError, APIHandler
+from broadway.handlers.base import ApiError, APIHandler, parse_json
 from broadway.models import Job, JobStatus, Run
 from broadway.scheduler import SubmissionError
 from broadway.store import parse_id
@@ -17,14 +16,14 @@ class GradingRunsHandler(APIHandler):
     async def post(self) -> None:
         """Submit a run: {"json_payload": "<config as a JSON string>"}, or the config object as the body."""
         self.require_client()
-        config = self._config_from_request()
+        config = await self._config_from_request()
         try:
             run = await self.services.scheduler.submit(config)
         except SubmissionError as e:
             raise ApiError(400, f"invalid grading run: {e}") from None
         self.write_json({"id": run.id})
 
-    def _config_from_request(self) -> Any:
+    async def _config_from_request(self) -> Any:
         payload = self.arg("json_payload")
         if payload is None:
             body = self.json_body
@@ -32,12 +31,7 @@ class GradingRunsHandler(APIHandler):
                 return body
             raise ApiError(400, "missing argument 'json_payload' (the grading run config as a JSON string)")
         if isinstance(payload, str):
-            try:
-                return json.loads(payload)
-            except RecursionError:
-                raise ApiError(400, "json_payload is JSON nested too deeply") from None
-            except ValueError as e:
-                raise ApiError(400, f"json_payload is not valid JSON: {e}") from None
+            return await parse_json(payload, "json_payload")
         return payload
 
 

@@ -37,9 +37,27 @@ class HeartbeatHandler(APIHandler):
     async def post(self) -> None:
         """Extend the worker's lease; 404 tells a grader it was forgotten and must register again."""
         worker_id = self.required_str("worker_id")
-        if not await self.services.store.workers.heartbeat(digest(worker_id)):
+        running = self._running_jobs()
+        services = self.services
+        if not await services.store.workers.heartbeat(digest(worker_id)):
             raise ApiError(404, "unknown worker (never registered, or declared dead): register again")
+        if running is not None:
+            worker = await services.store.workers.get_alive(digest(worker_id))
+            if worker is not None:
+                await services.reaper.reconcile(worker, running)
         self.write_json({})
+
+    def _running_jobs(self) -> frozenset[str] | None:
+        """Additive to the seed: `jobs`, the ids of the jobs the grader is running (a JSON list or
+        comma-separated), lets the API take back jobs whose claim never reached the grader."""
+        value = self.arg("jobs")
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part]
+        if not isinstance(value, list) or not all(isinstance(v, str) and len(v) <= 64 for v in value):
+            raise ApiError(400, "argument 'jobs' must be a list of job ids")
+        return frozenset(value)
 
 
 def _int_arg(value: object, name: str, default: int, low: int, high: int) -> int:

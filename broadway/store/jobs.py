@@ -212,11 +212,26 @@ class JobStore:
         )
         return Report(ReportOutcome.DUPLICATE if same_report else ReportOutcome.CONFLICT, _job(current))
 
-    async def reap_worker(self, worker_ref: str, max_attempts: int, reason: str) -> Reaped:
-        """Take every job away from a dead worker: back to the queue, or failed after max_attempts."""
+    async def reap_worker(
+        self,
+        worker_ref: str,
+        max_attempts: int,
+        reason: str,
+        keep: frozenset[str] = frozenset(),
+        claimed_before: float | None = None,
+    ) -> Reaped:
+        """Take jobs away from a worker: back to the queue, or failed after max_attempts.
+
+        All its jobs when it is dead; for a live worker, those it no longer runs: not in `keep`
+        and claimed before `claimed_before` (a claim still on its way to the worker is not lost).
+        """
         requeued: list[Job] = []
         failed: list[Job] = []
         async for doc in self.jobs.find({"holder": worker_ref}):
+            if str(doc["_id"]) in keep:
+                continue
+            if claimed_before is not None and doc.get("started_at", 0) >= claimed_before:
+                continue
             holder = {"_id": doc["_id"], "holder": worker_ref, "attempt_id": doc.get("attempt_id")}
             attempts = doc.get("attempts", 0)
             if attempts < max_attempts:

@@ -64,3 +64,28 @@ async def test_job_fails_with_infrastructure_reason_after_max_attempts(make_api:
     entry = status["student_statuses"][0]
     assert entry["attempts"] == 2 and entry["error"].startswith("infrastructure:")
     assert status["status"] == "succeeded", "the run completes; the job's failure is recorded on the job"
+
+
+async def test_a_claim_that_never_reached_a_live_worker_is_taken_back(api: ApiClient) -> None:
+    """A poll's answer lost on the way (API killed after the claim, connection dropped): the
+    grader's heartbeat lists the jobs it runs, and a job it holds but does not list goes back."""
+    run_id = await api.submit_and_start(run_config(students=2))
+    worker = await api.register(slots=2)
+    kept = (await api.poll(worker)).json
+    lost = (await api.poll(worker)).json
+    running = {"worker_id": worker, "jobs": kept["job_id"]}
+    # Within the grace period (2 heartbeats) a claim may still be on its way: nothing changes.
+    assert (await api.request("POST", "/api/v1/heartbeat", params=running)).status == 200
+    assert (await api.status(run_id))["counts"]["running"] == 2
+
+    async def beat() -> dict[str, object]:
+        assert (await api.request("POST", "/api/v1/heartbeat", params=running)).status == 200
+        return await api.status(run_id)
+
+    status = await eventually(beat, lambda s: s["counts"]["queued"] == 1, timeout=5, interval=0.2)
+    by_id = {s["job_id"]: s for s in status["student_statuses"]}
+    assert by_id[kept["job_id"]]["status"] == "running", "a job the worker lists is left alone"
+    assert "never received" in by_id[lost["job_id"]]["error"]
+    assert (await api.report(worker, lost["job_id"], result="late", attempt=lost["attempt"])).status == 409
+    bad = await api.request("POST", "/api/v1/heartbeat", json_body={"worker_id": worker, "jobs": [1, 2]})
+    assert bad.status == 400 and "jobs" in bad.json["error"]
