@@ -57,6 +57,8 @@ class Config:
             problems.append("--worker-timeout must be positive")
         if args.max_attempts < 1:
             problems.append("--max-attempts must be at least 1")
+        if not args.store_timeout > 0:
+            problems.append("--store-timeout must be positive")
         if not 0 <= args.port <= 65535:
             problems.append("--port must be between 0 and 65535")
         if problems:
@@ -73,6 +75,7 @@ class Config:
             max_attempts=args.max_attempts,
             log_level=args.log_level.upper(),
             max_body_bytes=args.max_body_mb * MiB,
+            store_timeout_s=args.store_timeout,
         )
 
 
@@ -103,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-attempts", type=int, default=3, help="times a job is tried before it fails")
     p.add_argument("--max-body-mb", type=int, default=16, help="largest request body accepted, in MiB")
+    p.add_argument(
+        "--store-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to reach the store before answering 503; operations get twice that (default 5)",
+    )
     p.add_argument(
         "--log-level",
         default="INFO",

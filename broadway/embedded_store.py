@@ -62,6 +62,16 @@ class EmbeddedStore:
 
     def start(self, ready_timeout: float = 20.0) -> None:
         """Start the child and block until it answers a ping (call before the event loop runs)."""
+        self.spawn()
+        self.wait_ready(ready_timeout)
+        log.info("embedded store (nx-27017) listening on %s:%d, data in %s", self.host, self.port, self.data_dir)
+
+    def spawn(self) -> None:
+        """Start the child process without waiting for it.
+
+        Call from the main thread: the child is asked to die with the thread that forked it
+        (PR_SET_PDEATHSIG), and a worker thread may exit long before the API does.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
         cmd = [
@@ -80,10 +90,9 @@ class EmbeddedStore:
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
             )  # fmt: skip
-        self._wait_ready(ready_timeout)
-        log.info("embedded store (nx-27017) listening on %s:%d, data in %s", self.host, self.port, self.data_dir)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the store answers a ping; EmbeddedStoreError (and the child stopped) if it does not."""
         deadline = time.monotonic() + timeout
         client: MongoClient = MongoClient(self.host, self.port, serverSelectionTimeoutMS=250, connect=False)
         try:
@@ -120,6 +129,15 @@ class EmbeddedStore:
                 if not Path(f"/proc/{pid}").exists():
                     break
                 time.sleep(0.05)
+
+    @property
+    def process_returncode(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
+    @property
+    def exited(self) -> bool:
+        """True once the store process has died (it was started and is no longer running)."""
+        return self.process is not None and self.process.poll() is not None
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None

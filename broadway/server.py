@@ -13,7 +13,7 @@ import tornado.netutil
 
 from broadway.app import make_app
 from broadway.config import Config
-from broadway.embedded_store import EmbeddedStore
+from broadway.embedded_store import EmbeddedStore, EmbeddedStoreError
 from broadway.handlers.base import Services
 from broadway.store import connect
 from broadway.tokens import Tokens, load_or_create
@@ -49,7 +49,9 @@ class ApiService:
 
     async def start(self) -> None:
         config = self.config
-        self.store = connect(self.mongo_url, timeout_s=config.store_timeout_s)
+        self.store = connect(
+            self.mongo_url, timeout_s=config.store_timeout_s, operation_timeout_s=2 * config.store_timeout_s
+        )
         await self.store.ensure_indexes()
         app = make_app(config, self.store, self.tokens)
         self.services: Services = app.settings["services"]
@@ -90,21 +92,54 @@ def run(config: Config) -> int:
         mongo_url = embedded.url
     try:
         announce_tokens(tokens, config)
-        return asyncio.run(_main(config, mongo_url, tokens))
+        return asyncio.run(_main(config, mongo_url, tokens, embedded))
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-async def _main(config: Config, mongo_url: str, tokens: Tokens) -> int:
+async def _main(config: Config, mongo_url: str, tokens: Tokens, embedded: EmbeddedStore | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     service = ApiService(config, mongo_url, tokens)
     await service.start()
+    watchdog = None
+    if embedded is not None:
+        watchdog = tornado.ioloop.PeriodicCallback(StoreWatchdog(embedded).check, 1000)
+        watchdog.start()
     print(f"Broadway API listening on {service.url}", flush=True)
     await stop.wait()
     log.info("stopping")
+    if watchdog is not None:
+        watchdog.stop()
     await service.stop()
     return 0
+
+
+class StoreWatchdog:
+    """Restarts the embedded store if its process dies (killed, crashed), on the same port and
+    data, so the API recovers by itself; meanwhile requests get 503 and /health says why."""
+
+    def __init__(self, embedded: EmbeddedStore) -> None:
+        self.embedded = embedded
+        self._restarting = False
+        self._failed = False
+
+    async def check(self) -> None:
+        if self._restarting or not (self.embedded.exited or self._failed):
+            return
+        self._restarting = True
+        if not self._failed:
+            log.error("the embedded store exited (code %s); restarting it", self.embedded.process_returncode)
+        try:
+            self.embedded.spawn()  # on the loop's thread: see EmbeddedStore.spawn
+            await asyncio.to_thread(self.embedded.wait_ready, 20.0)
+            self._failed = False
+            log.info("the embedded store is back")
+        except (EmbeddedStoreError, OSError) as e:
+            self._failed = True
+            log.error("could not restart the embedded store: %s; retrying", e)
+        finally:
+            self._restarting = False

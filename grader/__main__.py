@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pids", type=int, default=256, help="processes per stage (default 256)")
     p.add_argument("--timeout", type=float, default=30.0, help="wall-clock seconds per stage (default 30)")
     p.add_argument("--max-output", default="1m", help="output kept per stage, tail first (default 1m)")
+    p.add_argument("--job-dir-size", default="1g", help="most a job may write to /job before it is killed (default 1g)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -59,6 +60,7 @@ def config_from_args(argv: list[str] | None) -> GraderConfig:
             pids=args.pids,
             timeout_s=args.timeout,
             max_output_bytes=parse_size(args.max_output),
+            job_dir_bytes=parse_size(args.job_dir_size),
         )
         return GraderConfig(
             api_url=args.api_url,

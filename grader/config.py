@@ -33,6 +33,7 @@ class Limits:
     pids: int = 256
     timeout_s: float = 30.0
     max_output_bytes: int = 1 << 20
+    job_dir_bytes: int = 1 << 30
 
 
 @dataclass(frozen=True)

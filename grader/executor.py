@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -28,6 +29,7 @@ from grader.output import OutputTail
 log = logging.getLogger(__name__)
 
 LABEL = "broadway.grader"
+GUARD_INTERVAL_S = 0.25
 # Docker keeps its own copy of the output too; bound it, since we never read it back.
 _LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"})
 
@@ -42,13 +44,14 @@ class StageResult:
     exit_code: int | None = None
     timed_out: bool = False
     oom_killed: bool = False
+    job_dir_full: bool = False
     duration_s: float = 0.0
     output: str = ""
     output_truncated: bool = False
 
     @property
     def passed(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
+        return self.exit_code == 0 and not (self.timed_out or self.oom_killed or self.job_dir_full)
 
 
 @dataclass
@@ -172,43 +175,81 @@ class Executor:
         try:
             if self._stopping.is_set():  # a cold stop came while the container was being created
                 raise InfrastructureError("the grader was stopped")
-            return self._watch(container, image, timeout)
+            return self._watch(container, image, timeout, job_dir)
         finally:
             with self._lock:
                 self._live.pop(container.id, None)
             _remove(container)
 
-    def _watch(self, container: Container, image: str, timeout: float) -> StageResult:
+    def _watch(self, container: Container, image: str, timeout: float, job_dir: Path) -> StageResult:
         result = StageResult(image=image)
         tail = OutputTail(self.limits.max_output_bytes)
         # Attach before start, so not a byte of output is missed.
         stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
         timed_out = threading.Event()
+        finished = threading.Event()
+        dir_full = threading.Event()
 
         def kill_on_timeout() -> None:
             timed_out.set()
             _kill(container)
 
+        def guard_job_dir() -> None:
+            # /job is a directory on the grader's disk: a stage writing without end would fill
+            # it. Checked a few times a second; a fast writer can overshoot by what it writes
+            # in that time, so leave headroom on the disk beyond --job-dir-size.
+            while not finished.wait(GUARD_INTERVAL_S):
+                if directory_size(job_dir, stop_above=self.limits.job_dir_bytes) > self.limits.job_dir_bytes:
+                    dir_full.set()
+                    _kill(container)
+                    return
+
         timer = threading.Timer(timeout, kill_on_timeout)
+        guard = threading.Thread(target=guard_job_dir, name="job-dir-guard", daemon=True)
         started = time.monotonic()
         try:
             container.start()
             timer.start()
+            guard.start()
             for chunk in stream:
                 tail.feed(chunk)
             status = container.wait(timeout=30)
         finally:
+            finished.set()
             timer.cancel()
             stream.close()
         result.duration_s = round(time.monotonic() - started, 3)
         result.exit_code = int(status.get("StatusCode", -1))
         result.timed_out = timed_out.is_set()
+        result.job_dir_full = dir_full.is_set()
         if result.exit_code != 0:  # only a killed container can have been the OOM killer's
             container.reload()
             result.oom_killed = bool(container.attrs.get("State", {}).get("OOMKilled"))
         result.output = tail.text()
         result.output_truncated = tail.truncated
         return result
+
+
+def directory_size(path: Path, stop_above: int) -> int:
+    """Bytes in the files under path (symlinks not followed); stops counting past stop_above."""
+    total = 0
+    pending = [path]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue  # vanished, or not ours to read
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+            if total > stop_above:
+                return total
+    return total
 
 
 def container_options(stage: dict[str, Any], limits: Limits, job_dir: Path) -> dict[str, Any]:

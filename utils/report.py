@@ -50,6 +50,8 @@ def summarize(job: dict[str, Any]) -> str:
             return f"stage {number} timed out"
         if stage.get("oom_killed"):
             return f"stage {number} ran out of memory"
+        if stage.get("job_dir_full"):
+            return f"stage {number} wrote too much to /job"
         if stage.get("exit_code") != 0:
             return f"stage {number} exited {stage.get('exit_code')}: {_last_line(stage)}"[:100]
     return _last_line(stages[-1])[:100] if stages else ""

@@ -48,13 +48,22 @@ class Store:
         await self.client.close()
 
 
-def connect(url: str, timeout_s: float = 5.0) -> Store:
+def connect(url: str, timeout_s: float = 5.0, operation_timeout_s: float = 10.0) -> Store:
     """A Store over the database named in the URL's path (default 'broadway').
 
     Server selection is bounded so that a request finds out the store is down in seconds
-    (and answers 503) instead of hanging for the driver's default 30 s.
+    (and answers 503) instead of hanging for the driver's default 30 s; every operation is
+    bounded too (client-side operation timeout), so a store that accepts connections but no
+    longer answers (hung, stopped) gives 503 as well. Operations whose size grows with a run
+    lift that bound with `pymongo.timeout(BULK_TIMEOUT_S)` (see jobs.py).
     """
     ms = int(timeout_s * 1000)
-    client: AsyncMongoClient = AsyncMongoClient(url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, tz_aware=False)
+    client: AsyncMongoClient = AsyncMongoClient(
+        url,
+        serverSelectionTimeoutMS=ms,
+        connectTimeoutMS=ms,
+        timeoutMS=int(operation_timeout_s * 1000),
+        tz_aware=False,
+    )
     db = client.get_default_database(DEFAULT_DB)
     return Store(client=client, db=db, runs=RunStore(db), jobs=JobStore(db), workers=WorkerStore(db))

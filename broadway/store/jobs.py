@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import pymongo
 from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
@@ -29,6 +30,10 @@ from broadway.models import Job, JobKind, JobStatus
 PRIORITY_PIPELINE = "0"
 PRIORITY_REQUEUED = "1"
 PRIORITY_FRESH = "2"
+
+# Operations whose cost grows with a run's size (100k students: ~20 s on nx-27017) get this
+# bound instead of the client's per-operation timeout.
+BULK_TIMEOUT_S = 600.0
 
 ACTIVE = [JobStatus.CREATED.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 
@@ -107,7 +112,8 @@ class JobStore:
     async def insert_many(self, docs: list[dict[str, Any]], batch: int = 1000) -> None:
         """Insert job documents in batches, so that encoding a huge run never holds the event loop long."""
         for start in range(0, len(docs), batch):
-            await self.jobs.insert_many(docs[start : start + batch], ordered=False)
+            with pymongo.timeout(BULK_TIMEOUT_S):
+                await self.jobs.insert_many(docs[start : start + batch], ordered=False)
 
     async def get(self, job_id: ObjectId) -> Job | None:
         doc = await self.jobs.find_one({"_id": job_id})
@@ -116,7 +122,8 @@ class JobStore:
     async def for_run(self, run_id: ObjectId, with_stages: bool = True) -> list[Job]:
         """Every job of a run, in submission order (pre, students, post)."""
         projection = None if with_stages else {"stages": 0}
-        docs = [_job(d) async for d in self.jobs.find({"run_id": str(run_id)}, projection)]
+        with pymongo.timeout(BULK_TIMEOUT_S):
+            docs = [_job(d) async for d in self.jobs.find({"run_id": str(run_id)}, projection)]
         kind_order = {JobKind.PRE: 0, JobKind.STUDENT: 1, JobKind.POST: 2}
         return sorted(docs, key=lambda j: (kind_order[j.kind], j.seq))
 
@@ -131,8 +138,9 @@ class JobStore:
 
     async def queue_students(self, run_id: ObjectId) -> int:
         """created -> queued for every student job of the run; returns how many moved."""
-        result = await self.jobs.update_many(
-            {"run_id": str(run_id), "kind": JobKind.STUDENT.value, "status": JobStatus.CREATED.value},
+        with pymongo.timeout(BULK_TIMEOUT_S):
+            result = await self.jobs.update_many(
+                {"run_id": str(run_id), "kind": JobKind.STUDENT.value, "status": JobStatus.CREATED.value},
             {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(),
                       "queue_key": queue_key(PRIORITY_FRESH)}},
         )  # fmt: skip
@@ -258,29 +266,38 @@ class JobStore:
         match: dict[str, Any] = {"run_id": str(run_id)}
         if kind is not None:
             match["kind"] = kind.value
-        cursor = await self.jobs.aggregate([{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
         counts = {status: 0 for status in JobStatus}
-        async for row in cursor:
-            counts[JobStatus(row["_id"])] = row["n"]
+        with pymongo.timeout(BULK_TIMEOUT_S):
+            cursor = await self.jobs.aggregate([{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+            async for row in cursor:
+                counts[JobStatus(row["_id"])] = row["n"]
         return counts
 
     async def cancel_unstarted(self, run_id: ObjectId) -> int:
         """created/queued -> cancelled for every job of a run that has not started."""
-        result = await self.jobs.update_many(
-            {"run_id": str(run_id), "status": {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}},
-            {"$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}, "$unset": {"queue_key": ""}},
-        )
+        with pymongo.timeout(BULK_TIMEOUT_S):
+            result = await self.jobs.update_many(
+                {"run_id": str(run_id), "status": {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}},
+                {
+                    "$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()},
+                    "$unset": {"queue_key": ""},
+                },
+            )
         return result.modified_count
 
     async def cancel_running(self, run_id: ObjectId) -> int:
         """running -> cancelled; the graders' later reports for these jobs are refused (409)."""
-        result = await self.jobs.update_many(
-            {"run_id": str(run_id), "status": JobStatus.RUNNING.value},
-            {"$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}, "$unset": {"holder": ""}},
-        )
+        with pymongo.timeout(BULK_TIMEOUT_S):
+            result = await self.jobs.update_many(
+                {"run_id": str(run_id), "status": JobStatus.RUNNING.value},
+                {"$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}, "$unset": {"holder": ""}},
+            )
         return result.modified_count
 
     async def roster(self, run_id: ObjectId) -> AsyncIterator[Job]:
         """The run's student jobs, for the roster handed to pre/post-processing."""
-        async for doc in self.jobs.find({"run_id": str(run_id), "kind": JobKind.STUDENT.value}, {"stages": 0}):
+        with pymongo.timeout(BULK_TIMEOUT_S):
+            cursor = self.jobs.find({"run_id": str(run_id), "kind": JobKind.STUDENT.value}, {"stages": 0})
+            docs = await cursor.to_list()
+        for doc in docs:
             yield _job(doc)
