@@ -86,9 +86,13 @@ def lock_work_dir(work_dir: Path) -> IO[str]:
     return handle
 
 
+def instance_id(work_dir: Path) -> str:
+    """The label value on this grader's containers: stable across restarts on one work dir."""
+    return hashlib.sha256(f"{socket.gethostname()}:{work_dir.resolve()}".encode()).hexdigest()[:16]
+
+
 async def serve(config: GraderConfig, docker_client: docker.DockerClient) -> int:
-    instance = hashlib.sha256(f"{socket.gethostname()}:{config.work_dir}".encode()).hexdigest()[:16]
-    executor = Executor(docker_client, config.limits, config.work_dir, instance)
+    executor = Executor(docker_client, config.limits, config.work_dir, instance_id(config.work_dir))
     client = GraderClient(config)
     daemon = Daemon(config, client, executor)
     daemon.install_signal_handlers()

@@ -1,0 +1,81 @@
+"""Graders SIGKILLed mid-job, over and over: every job still ends exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import docker
+
+from grader.__main__ import instance_id
+from grader.executor import LABEL
+from tests.grader.conftest import StartGrader, finished_run, stages_of
+from tests.helpers import ApiClient, stage
+from tests.processes import ApiProcess, GraderProcess
+
+
+def running_jobs(client: docker.DockerClient) -> dict[str, str]:
+    """job id -> grader instance, for every stage container running now."""
+    containers = client.containers.list(filters={"label": LABEL, "status": "running"})
+    return {c.labels["broadway.job"]: c.labels[LABEL] for c in containers}
+
+
+async def test_twenty_grader_kills_over_a_40_job_run(
+    tmp_path: Path, start_grader: StartGrader, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    api_proc = ApiProcess(tmp_path / "api", "--heartbeat-interval", "1", "--worker-timeout", "2", "--max-attempts", "3")
+    await asyncio.to_thread(api_proc.start)
+    try:
+        api = ApiClient(api_proc.url)
+        graders: dict[str, GraderProcess] = {}
+        for _ in range(3):
+            grader = start_grader(api_proc.url)
+            graders[instance_id(grader.work_dir)] = grader
+        students = [{"N": str(i), "SLEEP": "1"} for i in range(40)]
+        students[0]["SLEEP"] = "6"  # long enough to be caught running on each of its attempts
+        script = 'sleep "$SLEEP"; echo "result $N"'
+        run_id = await api.submit_and_start(
+            {
+                "student_pipeline": [stage(busybox_image, entrypoint=["sh", "-c", script], env={"N": "", "SLEEP": ""})],
+                "students": students,
+            }
+        )
+        doomed = (await api.status(run_id))["student_statuses"][0]["job_id"]
+
+        rng = random.Random(20261125)
+        kills: Counter[str] = Counter()
+        deadline = time.monotonic() + 150
+        while (sum(kills.values()) < 20 or kills[doomed] < 3) and time.monotonic() < deadline:
+            running = await asyncio.to_thread(running_jobs, docker_client)
+            if kills[doomed] < 3 and doomed in running:
+                target = doomed
+            else:
+                # Other jobs are killed at most twice, so that only the doomed one runs out of attempts.
+                candidates = [job for job in running if job != doomed and kills[job] < 2]
+                if not candidates or sum(kills.values()) >= 20:
+                    await asyncio.sleep(0.1)
+                    continue
+                target = rng.choice(candidates)
+            victim = graders[running[target]]
+            await asyncio.to_thread(victim.kill)
+            victim.start()  # as systemd would; it removes the container it orphaned
+            kills[target] += 1
+            await asyncio.sleep(rng.uniform(0.2, 0.6))
+        assert sum(kills.values()) >= 20 and kills[doomed] == 3, kills
+
+        status = await finished_run(api, run_id, timeout=150)
+        assert status["status"] == "succeeded", "a job that ran out of attempts does not fail the run"
+        jobs = {job["job_id"]: job for job in status["student_statuses"]}
+        lost = jobs.pop(doomed)
+        assert lost["status"] == "failed" and lost["attempts"] == 3
+        assert lost["error"].startswith("infrastructure: gave up after 3 attempts")
+        for job in jobs.values():
+            assert job["status"] == "succeeded", job
+            assert stages_of(job)[0]["output"].strip() == f"result {job['student']['N']}", "its own, single result"
+            assert 1 <= job["attempts"] <= 1 + kills[job["job_id"]], (job["attempts"], kills[job["job_id"]])
+        assert sum(job["attempts"] for job in jobs.values()) > len(jobs), "killed attempts are counted"
+    finally:
+        await asyncio.to_thread(api_proc.stop)
