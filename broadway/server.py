@@ -55,9 +55,10 @@ class ApiService:
         await self.store.ensure_indexes()
         app = make_app(config, self.store, self.tokens)
         self.services: Services = app.settings["services"]
-        # Bodies over the configured limit get a JSON 413 from the handler; the server's own cap
-        # (which just closes the connection) sits above it to bound memory.
-        self._server = tornado.httpserver.HTTPServer(app, max_body_size=config.max_body_bytes * 2, xheaders=True)
+        # Bodies over the configured limit get a JSON 413 from the handler. Tornado's own cap,
+        # which answers a bare 400 and closes without reading the body, sits well above it to
+        # bound memory: bodies up to 4x the limit get the JSON answer.
+        self._server = tornado.httpserver.HTTPServer(app, max_body_size=config.max_body_bytes * 4, xheaders=True)
         sockets = tornado.netutil.bind_sockets(config.port, config.host)
         self.port = sockets[0].getsockname()[1]
         self._server.add_sockets(sockets)

@@ -34,6 +34,10 @@ PRIORITY_FRESH = "2"
 # Operations whose cost grows with a run's size (100k students: ~20 s on nx-27017) get this
 # bound instead of the client's per-operation timeout.
 BULK_TIMEOUT_S = 600.0
+# Documents per write of a bulk operation: ~30-50 ms each on nx-27017, so heartbeats and claims
+# queued behind one wait no longer than that.
+WRITE_BATCH = 200
+QUEUE_BATCH = 500
 
 ACTIVE = [JobStatus.CREATED.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 
@@ -109,11 +113,12 @@ class JobStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.jobs = db.jobs
 
-    async def insert_many(self, docs: list[dict[str, Any]], batch: int = 1000) -> None:
-        """Insert job documents in batches, so that encoding a huge run never holds the event loop long."""
-        for start in range(0, len(docs), batch):
+    async def insert_many(self, docs: list[dict[str, Any]]) -> None:
+        """Insert job documents in small batches: the store serves one operation at a time, so a
+        big batch would hold up every heartbeat and claim behind it."""
+        for start in range(0, len(docs), WRITE_BATCH):
             with pymongo.timeout(BULK_TIMEOUT_S):
-                await self.jobs.insert_many(docs[start : start + batch], ordered=False)
+                await self.jobs.insert_many(docs[start : start + WRITE_BATCH], ordered=False)
 
     async def get(self, job_id: ObjectId) -> Job | None:
         doc = await self.jobs.find_one({"_id": job_id})
@@ -137,14 +142,25 @@ class JobStore:
         return result.modified_count == 1
 
     async def queue_students(self, run_id: ObjectId) -> int:
-        """created -> queued for every student job of the run; returns how many moved."""
+        """created -> queued for every student job of the run; returns how many moved.
+
+        In chunks, for the same reason as insert_many (one update_many over 20k jobs holds the
+        store for 1.2 s). A crash part-way leaves some jobs `created`; the reaper's recovery
+        sweep calls this again for running runs.
+        """
+        created = {"run_id": str(run_id), "kind": JobKind.STUDENT.value, "status": JobStatus.CREATED.value}
         with pymongo.timeout(BULK_TIMEOUT_S):
-            result = await self.jobs.update_many(
-                {"run_id": str(run_id), "kind": JobKind.STUDENT.value, "status": JobStatus.CREATED.value},
-            {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(),
-                      "queue_key": queue_key(PRIORITY_FRESH)}},
-        )  # fmt: skip
-        return result.modified_count
+            ids = [doc["_id"] async for doc in self.jobs.find(created, {"_id": 1}, batch_size=QUEUE_BATCH)]
+        moved = 0
+        for start in range(0, len(ids), QUEUE_BATCH):
+            with pymongo.timeout(BULK_TIMEOUT_S):
+                result = await self.jobs.update_many(
+                    {"_id": {"$in": ids[start : start + QUEUE_BATCH]}, "status": JobStatus.CREATED.value},
+                    {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(),
+                              "queue_key": queue_key(PRIORITY_FRESH)}},
+                )  # fmt: skip
+            moved += result.modified_count
+        return moved
 
     async def claim_next(self, worker_ref: str) -> Job | None:
         """Atomically hand the first queued job to a worker, or None if the queue is empty.
