@@ -163,8 +163,15 @@ class APIHandler(tornado.web.RequestHandler):
             message = "internal server error"
         else:
             message = self._reason
+        if status_code == 405:  # RFC 9110: say what is allowed
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"error": message, "status": status_code}))
+
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler implements."""
+        base = tornado.web.RequestHandler
+        return [m for m in base.SUPPORTED_METHODS if getattr(type(self), m.lower()) is not getattr(base, m.lower())]
 
 
 class NotFoundHandler(APIHandler):

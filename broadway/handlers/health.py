@@ -1,6 +1,9 @@
-"""Health check for operators and load balancers."""
+"""Health check for operators and load balancers, and the API's own description."""
 
 from __future__ import annotations
+
+from functools import cache
+from importlib import resources
 
 from broadway import __version__
 from broadway.handlers.base import APIHandler
@@ -20,4 +23,16 @@ class HealthHandler(APIHandler):
         self.write_json({"status": "ok", "store": "ok", "workers_alive": workers, "version": __version__})
 
 
-default_handlers = [(r"/api/v1/health/?", HealthHandler)]
+@cache
+def openapi_document() -> bytes:
+    """broadway/openapi.yaml, read once (a file read per request would block the loop)."""
+    return resources.files("broadway").joinpath("openapi.yaml").read_bytes()
+
+
+class OpenApiHandler(APIHandler):
+    async def get(self) -> None:
+        self.set_header("Content-Type", "application/yaml; charset=UTF-8")
+        self.finish(openapi_document())
+
+
+default_handlers = [(r"/api/v1/health/?", HealthHandler), (r"/api/v1/openapi\.yaml", OpenApiHandler)]

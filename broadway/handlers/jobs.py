@@ -60,7 +60,7 @@ class GradingJobPollHandler(APIHandler):
 
     def _wait_seconds(self) -> float:
         value = self.arg("wait")
-        if value is None or value == "":
+        if value is None:
             return 0.0
         try:
             wait = float(value)

@@ -35,7 +35,9 @@ class GradingRunsHandler(APIHandler):
         return payload
 
 
-class GradingRunHandler(APIHandler):
+class RunHandler(APIHandler):
+    """Base of the handlers of one run, found by the id in the path."""
+
     async def _run(self, run_id_text: str) -> tuple[Run, ObjectId]:
         run_id = parse_id(run_id_text)
         run = await self.services.store.runs.get(run_id) if run_id else None
@@ -43,6 +45,8 @@ class GradingRunHandler(APIHandler):
             raise ApiError(404, f"no grading run with id {run_id_text!r}")
         return run, run_id
 
+
+class GradingRunHandler(RunHandler):
     async def get(self, run_id_text: str) -> None:
         """Statuses of every job of the run (the seed's shape, plus run status, counts and results)."""
         self.require_client()
@@ -60,7 +64,7 @@ class GradingRunHandler(APIHandler):
         self.write_json({"id": run.id, "status": "running"})
 
 
-class CancelRunHandler(GradingRunHandler):
+class CancelRunHandler(RunHandler):
     async def post(self, run_id_text: str) -> None:
         """Cancel a run: jobs not finished are cancelled; graders' reports for them are refused."""
         self.require_client()

@@ -61,7 +61,7 @@ class HeartbeatHandler(APIHandler):
 
 
 def _int_arg(value: object, name: str, default: int, low: int, high: int) -> int:
-    if value is None or value == "":
+    if value is None:
         return default
     try:
         number = int(value)  # type: ignore[call-overload]
