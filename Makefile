@@ -31,6 +31,7 @@ demo: venv docker
 bench: venv docker
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
