@@ -27,7 +27,31 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class ApiProcess:
+class ChildProcess:
+    """One of our CLIs in a child process, its output appended to log_path."""
+
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, cmd: list[str], env: dict[str, str]) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ApiProcess(ChildProcess):
     """`python -m broadway` in a child process, with its output in a log file."""
 
     def __init__(
@@ -39,7 +63,6 @@ class ApiProcess:
         self.port = port or free_port()
         self.args = list(args)
         self.log_path = data_dir / f"api-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -51,8 +74,7 @@ class ApiProcess:
             sys.executable, "-m", "broadway", "--port", str(self.port), "--data-dir", str(self.data_dir),
             *self.args,
         ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        self._spawn(cmd, self.env)
         self.wait_healthy(timeout)
         return self
 
@@ -71,15 +93,6 @@ class ApiProcess:
             time.sleep(0.05)
         raise ProcessError(f"API not healthy within {timeout}s:\n{self.log()}")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
     def stop(self, timeout: float = 15.0) -> int:
         if self.proc is None:
             return 0
@@ -93,7 +106,7 @@ class ApiProcess:
         return self.proc.returncode
 
 
-class GraderProcess:
+class GraderProcess(ChildProcess):
     """`python -m grader` in a child process, with its output in a log file."""
 
     def __init__(
@@ -105,7 +118,6 @@ class GraderProcess:
         self.work_dir = work_dir
         self.args = ["--name", name, *args]
         self.log_path = work_dir.parent / f"{work_dir.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GraderProcess:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -113,18 +125,8 @@ class GraderProcess:
             sys.executable, "-m", "grader", "--api-url", self.api_url,
             "--work-dir", str(self.work_dir), "--log-level", self.log_level, *self.args,
         ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(BROADWAY_CLUSTER_TOKEN=self.token), cwd=ROOT
-            )
+        self._spawn(cmd, child_env(BROADWAY_CLUSTER_TOKEN=self.token))
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
@@ -133,11 +135,6 @@ class GraderProcess:
     def wait(self, timeout: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
     def stop(self, timeout: float = 30.0) -> int:
         """Warm stop, escalating to a cold stop and then SIGKILL if it takes too long."""
