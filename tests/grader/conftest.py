@@ -31,7 +31,9 @@ def start_grader(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator
     yield factory
     for grader in started:
         grader.stop()
-    assert broadway_containers(docker_client) == [], "a grader left containers behind"
+    leftover = [docker_client.containers.get(c) for c in broadway_containers(docker_client)]
+    details = [(c.short_id, c.status, c.labels) for c in leftover]
+    assert not leftover, f"a grader left containers behind: {details}\n" + "\n".join(g.log()[-4000:] for g in started)
     for grader in started:
         leftovers = list((grader.work_dir / "jobs").glob("*")) if (grader.work_dir / "jobs").exists() else []
         assert leftovers == [], f"job directories left behind: {leftovers}"

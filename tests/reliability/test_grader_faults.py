@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import time
 from collections import Counter
 from pathlib import Path
 
 import docker
 
+from broadway.server import ApiService
 from grader.__main__ import instance_id
 from grader.executor import LABEL
 from tests.grader.conftest import StartGrader, finished_run, stages_of
-from tests.helpers import ApiClient, stage
+from tests.helpers import ApiClient, eventually, stage
 from tests.processes import ApiProcess, GraderProcess
 
 
@@ -79,3 +81,34 @@ async def test_twenty_grader_kills_over_a_40_job_run(
         assert sum(job["attempts"] for job in jobs.values()) > len(jobs), "killed attempts are counted"
     finally:
         await asyncio.to_thread(api_proc.stop)
+
+
+async def test_silent_worker_late_report_is_refused_and_does_not_replace_the_result(
+    api_service: ApiService,
+    api: ApiClient,
+    start_grader: StartGrader,
+    busybox_image: str,
+    docker_client: docker.DockerClient,
+) -> None:
+    first = start_grader(api_service.url)
+    # A container's host name is its own id: each attempt's output says which container ran it.
+    run_id = await api.submit_and_start(
+        {"student_pipeline": [stage(busybox_image, entrypoint=["sh", "-c", "sleep 3; hostname"])], "students": [{}]}
+    )
+    mine = instance_id(first.work_dir)
+    running = await eventually(
+        lambda: asyncio.to_thread(running_jobs, docker_client), lambda jobs: mine in jobs.values(), timeout=30
+    )
+    first_container = docker_client.containers.list(filters={"label": f"{LABEL}={mine}"})[0].id[:12]
+    assert list(running) == [(await api.status(run_id))["student_statuses"][0]["job_id"]]
+
+    first.signal(signal.SIGSTOP)  # heartbeats stop; its container runs on
+    start_grader(api_service.url)
+    status = await finished_run(api, run_id, timeout=60)
+    first.signal(signal.SIGCONT)  # now it reports the first attempt, late
+    await eventually(lambda: asyncio.to_thread(first.log), lambda log: "dropped: HTTP 409" in log, timeout=30)
+
+    job = (await api.status(run_id))["student_statuses"][0]
+    assert job["attempts"] == 2 and job["status"] == "succeeded"
+    assert job["result"] == status["student_statuses"][0]["result"], "the late report changed nothing"
+    assert stages_of(job)[0]["output"].strip() != first_container, "the result is the second attempt's"
