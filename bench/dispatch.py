@@ -82,7 +82,7 @@ async def raw_store(url: str, students: int, with_report: bool) -> float:
     prepared = prepare_run(run_config(students=students))
     await store.jobs.insert_many(prepared.jobs)
     await store.runs.insert(prepared.run_id, prepared.n_students, None, None)
-    await store.jobs.queue_students(prepared.run_id)
+    await store.jobs.queue_students(prepared.run_id, prepared.n_students)
     claimed = 0
 
     async def claimer(n: int) -> None:

@@ -120,7 +120,9 @@ async def main() -> None:
             submitted_at = time.perf_counter()
             submit_s, run_id = await timed(api.submit(run_config(students=args.students)))
             beats = heartbeats.between(submitted_at, submitted_at + submit_s)
+            started_at = time.perf_counter()
             start_s, _ = await timed(api.start(run_id))
+            start_beats = heartbeats.between(started_at, started_at + start_s)
             status_s, status = await timed(api.request("GET", f"/api/v1/grading_run/{run_id}", auth=True, timeout=600))
             body_mb = len(status.body) / 1e6  # type: ignore[attr-defined]
             print(f"  submit {submit_s:.2f} s, start {start_s:.2f} s, status {status_s:.2f} s ({body_mb:.1f} MB)")
@@ -128,6 +130,7 @@ async def main() -> None:
                 f"  heartbeats during the submission: n={len(beats)} p50={statistics.median(beats) * 1000:.1f} ms "
                 f"p99={beats[int(0.99 * (len(beats) - 1))] * 1000:.1f} ms max={beats[-1] * 1000:.1f} ms (target 100 ms)"
             )
+            print(f"  heartbeats while it is started: n={len(start_beats)} max={start_beats[-1] * 1000:.1f} ms")
 
             more = args.large_queue - args.students
             print(f"filling the queue to ~{args.large_queue:,} jobs ...", flush=True)

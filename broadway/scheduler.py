@@ -114,7 +114,7 @@ class Scheduler:
                 return
         counts = await self.store.jobs.status_counts(run_id, JobKind.STUDENT)
         if counts[JobStatus.CREATED]:
-            if await self.store.jobs.queue_students(run_id):
+            if await self.store.jobs.queue_students(run_id, run.n_students):
                 self.on_jobs_queued()
             return
         if counts[JobStatus.QUEUED] or counts[JobStatus.RUNNING]:

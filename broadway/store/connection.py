@@ -33,6 +33,8 @@ class Store:
         # nx-27017's planner scans when filtering on one field and sorting on another.
         await self.db.jobs.create_index([("queue_key", ASCENDING)], sparse=True)
         await self.db.jobs.create_index([("run_id", ASCENDING)])
+        # Starting a run queues its students chunk by chunk (see JobStore.queue_students).
+        await self.db.jobs.create_index([("start_chunk", ASCENDING)], sparse=True)
         await self.db.jobs.create_index([("holder", ASCENDING)], sparse=True)
         await self.db.runs.create_index([("status", ASCENDING)])
         await self.db.workers.create_index([("last_seen", ASCENDING)])

@@ -89,7 +89,7 @@ def new_job_doc(
     job_id: ObjectId, run_id: ObjectId, kind: JobKind, seq: int, stages: list[dict[str, Any]],
     student: dict[str, str] | None,
 ) -> dict[str, Any]:  # fmt: skip
-    return {
+    doc = {
         "_id": job_id,
         # References are stored as hex strings: nx-27017 cannot match an ObjectId outside _id.
         "run_id": str(run_id),
@@ -100,6 +100,14 @@ def new_job_doc(
         "student": student,
         "attempts": 0,
     }
+    if kind is JobKind.STUDENT:
+        doc["start_chunk"] = start_chunk(run_id, seq // QUEUE_BATCH)
+    return doc
+
+
+def start_chunk(run_id: ObjectId, number: int) -> str:
+    """The key queue_students moves a run's student jobs by, QUEUE_BATCH at a time."""
+    return f"{run_id}:{number}"
 
 
 async def count(collection: AsyncCollection, match: dict[str, Any]) -> int:
@@ -141,23 +149,24 @@ class JobStore:
         )  # fmt: skip
         return result.modified_count == 1
 
-    async def queue_students(self, run_id: ObjectId) -> int:
+    async def queue_students(self, run_id: ObjectId, n_students: int) -> int:
         """created -> queued for every student job of the run; returns how many moved.
 
-        In chunks, for the same reason as insert_many (one update_many over 20k jobs holds the
-        store for 1.2 s). A crash part-way leaves some jobs `created`; the reaper's recovery
-        sweep calls this again for running runs.
+        Chunk by chunk, by the `start_chunk` key each student job got at submission (one
+        indexed field: nx-27017 uses only the first field of a compound index, so (run_id,
+        chunk) scanned the whole run for every chunk). One update_many over a 20k-job run
+        holds the store 1.2 s; a chunk of 500 takes ~50-130 ms at any run size, so heartbeats
+        and claims slip in between. A crash part-way leaves some jobs `created`; the reaper's
+        recovery sweep calls this again for running runs.
         """
-        created = {"run_id": str(run_id), "kind": JobKind.STUDENT.value, "status": JobStatus.CREATED.value}
-        with pymongo.timeout(BULK_TIMEOUT_S):
-            ids = [doc["_id"] async for doc in self.jobs.find(created, {"_id": 1}, batch_size=QUEUE_BATCH)]
         moved = 0
-        for start in range(0, len(ids), QUEUE_BATCH):
+        for chunk in range(-(-n_students // QUEUE_BATCH)):
             with pymongo.timeout(BULK_TIMEOUT_S):
                 result = await self.jobs.update_many(
-                    {"_id": {"$in": ids[start : start + QUEUE_BATCH]}, "status": JobStatus.CREATED.value},
+                    {"start_chunk": start_chunk(run_id, chunk), "status": JobStatus.CREATED.value},
                     {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(),
-                              "queue_key": queue_key(PRIORITY_FRESH)}},
+                              "queue_key": queue_key(PRIORITY_FRESH)},
+                     "$unset": {"start_chunk": ""}},
                 )  # fmt: skip
             moved += result.modified_count
         return moved
