@@ -77,6 +77,9 @@ def config_from_args(argv: list[str] | None) -> GraderConfig:
 def lock_work_dir(work_dir: Path) -> IO[str]:
     """Hold an exclusive lock on the work directory: two graders sharing one would remove each other's files."""
     work_dir.mkdir(parents=True, exist_ok=True)
+    # Job directories inside are open to all (see Executor._prepare_dir); this one keeps other
+    # local users from reaching them. Containers reach theirs through the bind mount regardless.
+    work_dir.chmod(0o700)
     handle = open(work_dir / ".lock", "w")  # held for the life of the process
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -137,7 +137,8 @@ class Executor:
         return outcome
 
     def _prepare_dir(self, job_dir: Path, job: dict[str, Any]) -> None:
-        job_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        job_dir.mkdir(exist_ok=True)
         # Stages run as whatever user their image says, with every capability dropped (so even
         # root in the container cannot override file modes): the directory must be open to all.
         job_dir.chmod(0o777)

@@ -24,7 +24,7 @@ async def run_one(api: ApiClient, pipeline: list[dict[str, Any]], **config: Any)
 async def test_two_stages_share_job_dir_env_and_host_name(
     api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
 ) -> None:
-    start_grader(api_service.url)
+    grader = start_grader(api_service.url)
     job = await run_one(
         api,
         [
@@ -41,6 +41,9 @@ async def test_two_stages_share_job_dir_env_and_host_name(
     assert "built for alice" in lines, "the second stage reads what the first wrote to /job"
     assert "opts=-O2 --define=A=B host=grading-box" in lines, "values with '=' arrive intact; host name set"
     assert f"job={job['job_id']}" in lines
+    # /job is open to the stage's user, but other users of the grader's host cannot reach it.
+    assert grader.work_dir.stat().st_mode & 0o777 == 0o700
+    assert (grader.work_dir / "jobs").stat().st_mode & 0o777 == 0o700
 
 
 async def test_stops_at_first_failing_stage(
