@@ -16,6 +16,7 @@ from typing import IO
 import docker
 import docker.errors
 
+from grader.check import run_checks
 from grader.client import GraderClient
 from grader.config import DEFAULT_WORK_DIR, GraderConfig, Limits, parse_size
 from grader.daemon import Daemon
@@ -47,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output", default="1m", help="output kept per stage, tail first (default 1m)")
     p.add_argument("--job-dir-size", default="1g", help="most a job may write to /job before it is killed (default 1g)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--check", action="store_true", help="check Docker, the API and the work dir, then exit")
     return p
 
 
-def config_from_args(argv: list[str] | None) -> GraderConfig:
+def config_from_args(argv: list[str] | None) -> tuple[GraderConfig, argparse.Namespace]:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -62,14 +64,16 @@ def config_from_args(argv: list[str] | None) -> GraderConfig:
             max_output_bytes=parse_size(args.max_output),
             job_dir_bytes=parse_size(args.job_dir_size),
         )
-        return GraderConfig(
+        config = GraderConfig(
             api_url=args.api_url,
-            token=args.token or args.legacy_token or "",
+            # --check does not use the token (registering would leave a worker behind).
+            token=args.token or args.legacy_token or ("unused" if args.check else ""),
             slots=args.slots,
             name=args.name,
             work_dir=args.work_dir.resolve(),
             limits=limits,
         )
+        return config, args
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -106,9 +110,11 @@ async def serve(config: GraderConfig, docker_client: docker.DockerClient) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = config_from_args(argv)
+    config, args = config_from_args(argv)
+    if args.check:
+        return run_checks(config)
     logging.basicConfig(
-        level=getattr(logging, build_parser().parse_args(argv).log_level),
+        level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     lock = lock_work_dir(config.work_dir)
