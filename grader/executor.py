@@ -29,6 +29,9 @@ from grader.output import OutputTail
 log = logging.getLogger(__name__)
 
 LABEL = "broadway.grader"
+# Below the API's default cap on a stored result (4 MiB), which cuts a result without regard for
+# its JSON.
+RESULT_BUDGET_BYTES = 3 * (1 << 20)
 GUARD_INTERVAL_S = 0.25
 # Docker keeps its own copy of the output too; bound it, since we never read it back.
 _LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"})
@@ -63,8 +66,25 @@ class JobOutcome:
     def success(self) -> bool:
         return self.error is None and bool(self.stages) and all(stage.passed for stage in self.stages)
 
-    def result_json(self) -> str:
-        result: dict[str, Any] = {"stages": [asdict(stage) for stage in self.stages]}
+    def result_json(self, max_bytes: int = RESULT_BUDGET_BYTES) -> str:
+        """The result as the API stores it. Kept under max_bytes by trimming the stages' outputs
+        (each keeps its tail): the API cuts longer results, which would leave broken JSON."""
+        stages = [asdict(stage) for stage in self.stages]
+        text = self._encode(stages)
+        share = max_bytes // max(len(stages), 1)
+        while len(text.encode()) > max_bytes and share > 256:
+            for stage in stages:
+                output: str = stage["output"]
+                if len(output.encode()) > share:
+                    tail = output.encode()[-share:].decode("utf-8", "ignore")
+                    stage["output"] = f"[output truncated to fit the result: {len(output)} characters]\n{tail}"
+                    stage["output_truncated"] = True
+            text = self._encode(stages)
+            share //= 2  # JSON escaping can make a share take more room than its bytes
+        return text
+
+    def _encode(self, stages: list[dict[str, Any]]) -> str:
+        result: dict[str, Any] = {"stages": stages}
         if self.error is not None:
             result["error"] = self.error
         return json.dumps(result)

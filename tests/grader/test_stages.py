@@ -133,3 +133,16 @@ async def test_post_processing_reads_the_roster(
     assert by_student["alice"]["status"] == "succeeded" and by_student["bob"]["status"] == "failed"
     assert json.loads(by_student["alice"]["result"])["stages"][0]["exit_code"] == 0
     assert status["status"] == "succeeded"
+
+
+async def test_many_chatty_stages_still_give_a_whole_json_result(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    start_grader(api_service.url)  # --max-output 1m: six stages could report 6 MiB
+    flood = sh(busybox_image, 'yes "stage $STAGE output" | head -c 1100000; echo; echo "end of $STAGE"')
+    pipeline = [{**flood, "env": {"STAGE": str(n)}} for n in range(6)]
+    job = await run_one(api, pipeline)
+    assert len(job["result"].encode()) <= 4 << 20, "under the API's cap, so it was not cut"
+    stages = stages_of(job)  # parses: the result is still whole JSON
+    assert len(stages) == 6 and all(stage["output_truncated"] for stage in stages)
+    assert [stage["output"].rstrip().splitlines()[-1] for stage in stages] == [f"end of {n}" for n in range(6)]
