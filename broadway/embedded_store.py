@@ -62,6 +62,8 @@ class EmbeddedStore:
 
     def start(self, ready_timeout: float = 20.0) -> None:
         """Start the child and block until it answers a ping (call before the event loop runs)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_leftover()
         self.spawn()
         self.wait_ready(ready_timeout)
         log.info("embedded store (nx-27017) listening on %s:%d, data in %s", self.host, self.port, self.data_dir)
@@ -70,10 +72,10 @@ class EmbeddedStore:
         """Start the child process without waiting for it.
 
         Call from the main thread: the child is asked to die with the thread that forked it
-        (PR_SET_PDEATHSIG), and a worker thread may exit long before the API does.
+        (PR_SET_PDEATHSIG), and a worker thread may exit long before the API does. Nothing here
+        waits, so the API's watchdog can call it on the event loop; start() first stops a store
+        an earlier API left on this data dir, which may take seconds.
         """
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._stop_leftover()
         cmd = [
             # The package ships a console script but no __main__; call its entry point directly
             # so the store runs under the same interpreter (and venv) as the API.
