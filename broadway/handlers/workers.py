@@ -39,12 +39,11 @@ class HeartbeatHandler(APIHandler):
         worker_id = self.required_str("worker_id")
         running = self._running_jobs()
         services = self.services
-        if not await services.store.workers.heartbeat(digest(worker_id)):
+        worker = await services.store.workers.heartbeat(digest(worker_id))
+        if worker is None:
             raise ApiError(404, "unknown worker (never registered, or declared dead): register again")
         if running is not None:
-            worker = await services.store.workers.get_alive(digest(worker_id))
-            if worker is not None:
-                await services.reaper.reconcile(worker, running)
+            await services.reaper.reconcile(worker, running)
         self.write_json({})
 
     def _running_jobs(self) -> frozenset[str] | None:

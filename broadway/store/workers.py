@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from broadway.models import Worker
@@ -38,10 +39,12 @@ class WorkerStore:
         doc = await self.workers.find_one({"_id": ref, "alive": True})
         return _worker(doc) if doc else None
 
-    async def heartbeat(self, ref: str) -> bool:
-        """Extend a live worker's lease; False if it is unknown or was declared dead."""
-        result = await self.workers.update_one({"_id": ref, "alive": True}, {"$set": {"last_seen": time.time()}})
-        return result.matched_count == 1
+    async def heartbeat(self, ref: str) -> Worker | None:
+        """Extend a live worker's lease and return it; None if it is unknown or was declared dead."""
+        doc = await self.workers.find_one_and_update(
+            {"_id": ref, "alive": True}, {"$set": {"last_seen": time.time()}}, return_document=ReturnDocument.AFTER
+        )
+        return _worker(doc) if doc else None
 
     async def stale(self, cutoff: float) -> list[Worker]:
         """Live workers not heard from since cutoff."""
