@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -31,9 +32,8 @@ def say(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
 
-def check_outcome(client: RunClient, run_id: str) -> list[str]:
+def check_outcome(status: dict[str, Any]) -> list[str]:
     """What differs from the outcome the example is built to have (empty when all is as expected)."""
-    status = client.status(run_id)
     problems = []
     got = {job["student"]["STUDENT_ID"]: job["status"] for job in status["student_statuses"]}
     if got != EXPECTED:
@@ -77,15 +77,15 @@ def run_demo(work: Path, docker_client: docker.DockerClient) -> int:
             [sys.executable, "-m", "utils.start_run", "--watch", run_id, "--interval", "0.3"],
             env=env, cwd=ROOT, check=False,
         )  # fmt: skip
-        problems = check_outcome(RunClient(api.url, client_token), run_id)
+        status = RunClient(api.url, client_token).status(run_id)
+        problems = check_outcome(status)
         if problems or watched.returncode not in (0, 1):
             for problem in problems:
                 print(f"demo: {problem}", file=sys.stderr)
             print(f"--- grader log ---\n{grader.log()[-3000:]}", file=sys.stderr)
             return 1
-        post = RunClient(api.url, client_token).status(run_id)["postprocessing_status"]
         print("\npost-processing summary:")
-        print(json.loads(post["result"])["stages"][-1]["output"].rstrip())
+        print(json.loads(status["postprocessing_status"]["result"])["stages"][-1]["output"].rstrip())
         print("\nAs intended: dave's submission does not parse, so his job failed; the others were graded.")
     finally:
         say("stopping the grader and the API")
