@@ -48,7 +48,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 def make_app(config: Config, store: Store, tokens: Tokens) -> tornado.web.Application:
     jobs_signal = JobSignal()
-    scheduler = Scheduler(store, on_jobs_queued=jobs_signal.notify)
+    scheduler = Scheduler(store, on_jobs_queued=jobs_signal.notify, ceilings=config.stage_ceilings)
     reaper = Reaper(config, store, scheduler)
     services = Services(
         config=config, store=store, scheduler=scheduler, tokens=tokens, jobs_signal=jobs_signal, reaper=reaper

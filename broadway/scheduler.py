@@ -16,17 +16,13 @@ from typing import Any
 
 from bson import ObjectId
 
-from broadway import environment, schemas
 from broadway.models import Job, JobKind, JobStatus, Run, RunStatus
 from broadway.store import Store
 from broadway.store.ids import new_id
 from broadway.store.jobs import new_job_doc
+from broadway.validation import NO_CEILINGS, StageCeilings, plan_run
 
 log = logging.getLogger(__name__)
-
-
-class SubmissionError(ValueError):
-    """The run config is invalid; the message says where and why."""
 
 
 @dataclass(frozen=True)
@@ -38,48 +34,26 @@ class PreparedRun:
     post_job_id: ObjectId | None
 
 
-def prepare_run(config: Any) -> PreparedRun:
+def prepare_run(config: Any, ceilings: StageCeilings = NO_CEILINGS) -> PreparedRun:
     """Validate a run config and build every job document. Pure CPU: run it off the event loop."""
-    try:
-        schemas.validate("grading_run", config)
-        environment.check_reserved(config)
-    except (schemas.SchemaError, environment.ExpansionError) as e:
-        raise SubmissionError(str(e)) from None
     run_id = new_id()
-    run_env = config.get("env", {})
-    jobs = []
-
-    def add(
-        kind: JobKind, seq: int, pipeline: list[dict[str, Any]], where: str, student: dict[str, str] | None
-    ) -> ObjectId:
-        job_id = new_id()
-        job_env = environment.job_environment(run_env, student, str(run_id), str(job_id))
-        try:
-            stages = environment.expand_pipeline(pipeline, job_env, where)
-        except environment.ExpansionError as e:
-            context = f" (for $.students[{seq}])" if kind is JobKind.STUDENT else ""
-            raise SubmissionError(f"{e}{context}") from None
-        jobs.append(new_job_doc(job_id, run_id, kind, seq, stages, student))
-        return job_id
-
-    pre = config.get("preprocessing_pipeline") or None
-    post = config.get("postprocessing_pipeline") or None
-    pre_id = add(JobKind.PRE, 0, pre, "$.preprocessing_pipeline", None) if pre else None
-    for i, student in enumerate(config["students"]):
-        add(JobKind.STUDENT, i, config["student_pipeline"], "$.student_pipeline", student)
-    post_id = add(JobKind.POST, 0, post, "$.postprocessing_pipeline", None) if post else None
-    return PreparedRun(run_id, jobs, len(config["students"]), pre_id, post_id)
+    plan = plan_run(config, str(run_id), lambda: str(new_id()), ceilings)
+    jobs = [new_job_doc(ObjectId(job.job_id), run_id, job.kind, job.seq, job.stages, job.student) for job in plan.jobs]
+    pre = ObjectId(plan.pre_job_id) if plan.pre_job_id else None
+    post = ObjectId(plan.post_job_id) if plan.post_job_id else None
+    return PreparedRun(run_id, jobs, plan.n_students, pre, post)
 
 
 class Scheduler:
-    def __init__(self, store: Store, on_jobs_queued: Callable[[], None]) -> None:
+    def __init__(self, store: Store, on_jobs_queued: Callable[[], None], ceilings: StageCeilings = NO_CEILINGS) -> None:
         self.store = store
+        self.ceilings = ceilings
         # Wakes long-polling graders in this process (see dispatch.JobSignal).
         self.on_jobs_queued = on_jobs_queued
 
     async def submit(self, config: Any) -> Run:
         """Store a new run (status `created`) with all its jobs; raises SubmissionError."""
-        prepared = await asyncio.to_thread(prepare_run, config)
+        prepared = await asyncio.to_thread(prepare_run, config, self.ceilings)
         # Jobs first, run last: a crash in between leaves only unreachable jobs, never a run
         # with some of its jobs missing.
         await self.store.jobs.insert_many(prepared.jobs)

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_SIZE = re.compile(r"^\s*([0-9]+)\s*([bkmg]?)i?b?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+from broadway.sizes import parse_size
 
-
-def parse_size(value: str | int) -> int:
-    """Bytes from an int or a string such as `512m`, `1g`, `64KiB`; ValueError when malformed."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    match = _SIZE.match(str(value))
-    if not match:
-        raise ValueError(f"not a size: {value!r} (expected bytes or a number with k, m or g)")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
-
+__all__ = ["DEFAULT_WORK_DIR", "GraderConfig", "Limits", "parse_size"]
 
 # Not under /tmp: another local user could plant a symlink there before the grader starts.
 DEFAULT_WORK_DIR = Path.home() / ".broadway-grader"

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from broadway.scheduler import SubmissionError, prepare_run
+from broadway.validation import SubmissionError, placeholder_ids, plan_run
 from utils import report
 from utils.run_client import ClientError, RunClient
 
@@ -63,10 +63,10 @@ def load_pipeline(path: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise UsageError(f"{path} is not valid JSON: {exc}") from None
     try:
-        prepare_run(config)
+        plan_run(config, "0" * 24, placeholder_ids())
     except SubmissionError as exc:
         raise UsageError(f"{path} is not a valid grading run: {exc}") from None
-    if not isinstance(config, dict):  # prepare_run rejects it, but mypy should know too
+    if not isinstance(config, dict):  # plan_run rejects it, but mypy should know too
         raise UsageError(f"{path} is not a valid grading run: expected a JSON object")
     return config
 

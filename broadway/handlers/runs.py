@@ -8,8 +8,8 @@ from bson import ObjectId
 
 from broadway.handlers.base import ApiError, APIHandler, parse_json
 from broadway.models import Job, JobStatus, Run
-from broadway.scheduler import SubmissionError
 from broadway.store import parse_id
+from broadway.validation import SubmissionError
 
 
 class GradingRunsHandler(APIHandler):
