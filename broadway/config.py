@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ class Config:
     # Ceilings on what a stage may ask for; submissions above them are refused (400).
     max_stage_timeout: float = 3600.0
     max_stage_memory_bytes: int = 16 << 30
+    # Callbacks to LMSs: the signing secret (None: generated once, kept in data_dir like the
+    # tokens), how long an undelivered callback is retried, and which networks it may target
+    # (empty: any address but link-local and cloud metadata, which are always refused).
+    callback_secret: str | None = None
+    callback_max_age_s: float = 24 * 3600.0
+    callback_allow_networks: tuple[str, ...] = ()
 
     @property
     def effective_worker_timeout(self) -> float:
@@ -83,6 +90,14 @@ class Config:
             max_stage_memory = 0
         if max_stage_memory and max_stage_memory < 4 * MiB:
             problems.append("--max-stage-memory must be at least 4m (Docker's minimum)")
+        if not args.callback_max_age > 0:
+            problems.append("--callback-max-age must be positive")
+        allow_networks = tuple(n.strip() for n in (args.callback_allow_networks or "").split(",") if n.strip())
+        for network in allow_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                problems.append(f"--callback-allow-networks: {network!r} is not a network (e.g. 10.0.0.0/8)")
         if not 0 <= args.port <= 65535:
             problems.append("--port must be between 0 and 65535")
         if problems:
@@ -103,6 +118,9 @@ class Config:
             poll_hold=args.poll_hold,
             max_stage_timeout=args.max_stage_timeout,
             max_stage_memory_bytes=max_stage_memory,
+            callback_secret=args.callback_secret or env.get("BROADWAY_CALLBACK_SECRET") or None,
+            callback_max_age_s=args.callback_max_age,
+            callback_allow_networks=allow_networks,
         )
 
 
@@ -155,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-stage-memory",
         default="16g",
         help="largest `memory` a stage may ask for (bytes, or 512m, 2g); larger ones are refused (default 16g)",
+    )
+    p.add_argument(
+        "--callback-secret",
+        help="secret that signs callbacks (env BROADWAY_CALLBACK_SECRET; default: generated, kept in --data-dir)",
+    )
+    p.add_argument(
+        "--callback-max-age",
+        type=float,
+        default=24 * 3600.0,
+        help="seconds an undelivered callback is retried before it is given up (default 86400)",
+    )
+    p.add_argument(
+        "--callback-allow-networks",
+        help="comma-separated networks callbacks may target, e.g. 10.0.0.0/8,192.0.2.0/24 (default: any "
+        "but link-local and cloud metadata, which are always refused)",
     )
     p.add_argument(
         "--log-level",
