@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import tornado.web
 
@@ -12,20 +11,12 @@ from broadway.dispatch import JobSignal
 from broadway.handlers import default_handlers
 from broadway.handlers.base import NotFoundHandler, Services
 from broadway.liveness import Reaper
+from broadway.redaction import redact
 from broadway.scheduler import Scheduler
 from broadway.store import Store
 from broadway.tokens import Tokens
 
 access_log = logging.getLogger("broadway.access")
-
-# Query arguments whose values are credentials.
-_SECRET_ARGS = re.compile(r"((?:^|[?&])(?:token|worker_id)=)[^&]*", re.IGNORECASE)
-
-
-def redact(uri: str) -> str:
-    """The URI with credential values replaced, fit for a log line."""
-    return _SECRET_ARGS.sub(r"\1[redacted]", uri)
-
 
 # Graders poll, heartbeat and report all the time; their routine answers are DEBUG, so that an
 # operator's log shows client activity and problems rather than thousands of heartbeats.

@@ -14,6 +14,7 @@ from broadway.config import Config
 from broadway.dispatch import JobSignal
 from broadway.liveness import Reaper
 from broadway.models import Worker
+from broadway.redaction import redact
 from broadway.scheduler import Scheduler
 from broadway.store import Store, StoreUnavailable
 from broadway.tokens import Tokens, digest, same_secret
@@ -146,11 +147,20 @@ class APIHandler(tornado.web.RequestHandler):
             status_code = 503
         super().send_error(status_code, **kwargs)
 
+    def _request_summary(self) -> str:
+        # Tornado puts this in its own log lines (uncaught exceptions, HTTPError warnings): the
+        # query string may carry a token or a worker id.
+        return f"{self.request.method} {redact(self.request.uri or '')} ({self.request.remote_ip})"
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, StoreUnavailable):
             log.warning("%s %s: store unavailable: %s", self.request.method, self.request.path, value)
-        elif not isinstance(value, ApiError):
-            super().log_exception(typ, value, tb)
+        elif isinstance(value, tornado.web.HTTPError):
+            if not isinstance(value, ApiError):
+                super().log_exception(typ, value, tb)  # a warning line with the redacted summary
+        else:
+            # Tornado's own version adds repr(self.request), whose uri is not redacted.
+            log.error("uncaught exception on %s", self._request_summary(), exc_info=(typ, value, tb))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -9,6 +9,7 @@ import logging
 import time
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from tests.conftest import MakeApi
 from tests.helpers import CLIENT_TOKEN, CLUSTER_TOKEN, ApiClient, run_config
@@ -99,3 +100,26 @@ async def test_tokens_of_the_wrong_kind_are_401_and_no_secret_is_ever_logged(
     assert logged, "the requests were logged"
     for secret in (CLUSTER_TOKEN, CLIENT_TOKEN, worker):
         assert secret not in logged
+
+
+async def test_an_unexpected_error_is_a_json_500_whose_log_lines_hide_the_credentials(
+    api: ApiClient, mongo_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    worker = await api.register()
+    # A queued job the API cannot read (a kind it does not know) makes the next claim raise.
+    store = AsyncMongoClient(mongo_url)
+    try:
+        await store.get_default_database().jobs.insert_one(
+            {"run_id": "0" * 24, "kind": "no-such-kind", "seq": 0, "status": "queued", "queue_key": "0"}
+        )
+    finally:
+        await store.close()
+    resp = await api.request(
+        "GET", "/api/v1/grading_job", params={"worker_id": worker, "wait": 0, "token": CLUSTER_TOKEN}
+    )
+    assert resp.status == 500 and resp.json == {"error": "internal server error", "status": 500}
+    logged = caplog.text
+    for secret in (worker, CLUSTER_TOKEN):
+        assert secret not in logged
+    assert "Traceback" in logged and "no-such-kind" in logged, "the failure itself is logged, with its traceback"
