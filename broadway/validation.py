@@ -8,12 +8,15 @@ every student, and the operator's ceilings on what a stage may ask for.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from broadway import environment, schemas
 from broadway.models import JobKind
+from broadway.sizes import parse_size
 
 
 class SubmissionError(ValueError):
@@ -30,6 +33,8 @@ class StageCeilings:
 
 
 NO_CEILINGS = StageCeilings()
+# Docker refuses a smaller memory limit ("Minimum memory limit allowed is 6MB").
+MIN_STAGE_MEMORY = 6 << 20
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,56 @@ def check_config(config: Any, ceilings: StageCeilings = NO_CEILINGS) -> None:
 
 
 def check_stage_limits(stage: dict[str, Any], where: str, ceilings: StageCeilings) -> None:
-    """A stage's own `timeout` and `memory` against the operator's ceilings (hook for the sandbox rules)."""
+    """A stage's own `timeout` and `memory`: positive, readable, and within the API's ceilings.
+
+    The grader clamps them to its own ceilings too, but a value that cannot run as asked is the
+    config author's mistake and is told at submission, not found in a result hours later.
+    """
+    if "timeout" in stage:
+        timeout = stage["timeout"]
+        # JSON allows no NaN, but Python's parser accepts it, and NaN passes every comparison the schema makes.
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (math.isfinite(timeout) and timeout > 0)
+        ):
+            raise SubmissionError(f"{where}.timeout: must be a positive number of seconds, got {_shown(timeout)}")
+        if ceilings.max_timeout_s is not None and timeout > ceilings.max_timeout_s:
+            raise SubmissionError(
+                f"{where}.timeout: {timeout:g} s is above this API's ceiling of {ceilings.max_timeout_s:g} s"
+                " (--max-stage-timeout)"
+            )
+    if "memory" in stage:
+        memory = stage["memory"]
+        try:
+            if isinstance(memory, bool) or not isinstance(memory, int | str):
+                raise ValueError
+            size = parse_size(memory)
+        except ValueError:
+            raise SubmissionError(
+                f"{where}.memory: not a size: {_shown(memory)} (expected bytes, or a number with k, m or g: 512m)"
+            ) from None
+        if size <= 0:
+            raise SubmissionError(f"{where}.memory: must be positive, got {_shown(memory)} (0 would mean no limit)")
+        if size < MIN_STAGE_MEMORY:
+            raise SubmissionError(f"{where}.memory: {_shown(memory)} is below Docker's minimum of 6m")
+        if ceilings.max_memory_bytes is not None and size > ceilings.max_memory_bytes:
+            raise SubmissionError(
+                f"{where}.memory: {_shown(memory)} is above this API's ceiling of {_size(ceilings.max_memory_bytes)}"
+                " (--max-stage-memory)"
+            )
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("g", 30), ("m", 20), ("k", 10)):
+        if n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n} bytes"
 
 
 def plan_run(config: Any, run_id: str, new_job_id: Callable[[], str], ceilings: StageCeilings = NO_CEILINGS) -> RunPlan:
