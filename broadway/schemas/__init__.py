@@ -9,6 +9,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
 
 
 class SchemaError(ValueError):
@@ -23,10 +24,19 @@ def load(name: str) -> dict[str, Any]:
 
 
 @cache
+def _registry() -> Registry:
+    """Every schema of the package under its $id, so one schema can $ref another's parts
+    (an assignment's stages are exactly a grading run's)."""
+    documents = [load(entry.name[: -len(".json")]) for entry in resources.files(__package__).iterdir()
+                 if entry.name.endswith(".json")]  # fmt: skip
+    return Registry().with_resources((doc["$id"], Resource.from_contents(doc)) for doc in documents)
+
+
+@cache
 def _validator(name: str) -> Draft202012Validator:
     schema = load(name)
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return Draft202012Validator(schema, registry=_registry())
 
 
 def location(path: Any) -> str:

@@ -9,6 +9,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure
 
+from broadway.store.assignments import AssignmentStore
 from broadway.store.jobs import JobStore
 from broadway.store.runs import RunStore
 from broadway.store.workers import WorkerStore
@@ -26,6 +27,7 @@ class Store:
     runs: RunStore
     jobs: JobStore
     workers: WorkerStore
+    assignments: AssignmentStore
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the hot queries depend on (idempotent; run at start-up)."""
@@ -38,6 +40,7 @@ class Store:
         await self.db.jobs.create_index([("holder", ASCENDING)], sparse=True)
         await self.db.runs.create_index([("status", ASCENDING)])
         await self.db.workers.create_index([("last_seen", ASCENDING)])
+        await self.db.assignments.create_index([("course", ASCENDING)])
 
     async def ping(self, seconds: float) -> None:
         """Raise StoreUnavailable unless the database answers within that many seconds."""
@@ -68,4 +71,11 @@ def connect(url: str, timeout_s: float = 5.0, operation_timeout_s: float = 10.0)
         tz_aware=False,
     )
     db = client.get_default_database(DEFAULT_DB)
-    return Store(client=client, db=db, runs=RunStore(db), jobs=JobStore(db), workers=WorkerStore(db))
+    return Store(
+        client=client,
+        db=db,
+        runs=RunStore(db),
+        jobs=JobStore(db),
+        workers=WorkerStore(db),
+        assignments=AssignmentStore(db),
+    )
