@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import random
 import signal
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import docker
 
@@ -23,6 +25,35 @@ def running_jobs(client: docker.DockerClient) -> dict[str, str]:
     """job id -> grader instance, for every stage container running now."""
     containers = client.containers.list(filters={"label": LABEL, "status": "running"})
     return {c.labels["broadway.job"]: c.labels[LABEL] for c in containers}
+
+
+def current_attempts(client: docker.DockerClient, status: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """job id -> (grader instance, attempt number as the API counts it), for each job whose one
+    running container is its current attempt's.
+
+    A killed grader's container runs on until the restarted grader removes it, so Docker alone
+    can show an attempt that is already over: a job counts only while it is `running` in the API
+    and its single running container was created after that attempt's claim.
+    """
+    containers = client.containers.list(filters={"label": LABEL, "status": "running"})
+    by_job: dict[str, list[Any]] = {}
+    for container in containers:
+        by_job.setdefault(container.labels["broadway.job"], []).append(container)
+    current = {}
+    for job in status["student_statuses"]:
+        mine = by_job.get(job["job_id"], [])
+        if job["status"] != "running" or len(mine) != 1 or job["started_at"] is None:
+            continue
+        if docker_time(mine[0].attrs["Created"]) > job["started_at"]:
+            current[job["job_id"]] = (mine[0].labels[LABEL], job["attempts"])
+    return current
+
+
+def docker_time(text: str) -> float:
+    """Seconds since the epoch from Docker's RFC 3339 time with nanoseconds."""
+    seconds, _, fraction = text.rstrip("Z").partition(".")
+    whole = datetime.datetime.fromisoformat(seconds).replace(tzinfo=datetime.UTC).timestamp()
+    return whole + float(f"0.{fraction or 0}")
 
 
 async def test_twenty_grader_kills_over_a_40_job_run(
@@ -49,9 +80,15 @@ async def test_twenty_grader_kills_over_a_40_job_run(
 
         rng = random.Random(20261125)
         kills: Counter[str] = Counter()
+        killed: set[tuple[str, int]] = set()  # (job, attempt): each attempt is killed at most once
         deadline = time.monotonic() + 150
         while (sum(kills.values()) < 20 or kills[doomed] < 3) and time.monotonic() < deadline:
-            running = await asyncio.to_thread(running_jobs, docker_client)
+            status = await api.status(run_id)
+            running = {
+                job: where
+                for job, where in (await asyncio.to_thread(current_attempts, docker_client, status)).items()
+                if (job, where[1]) not in killed
+            }
             if kills[doomed] < 3 and doomed in running:
                 target = doomed
             else:
@@ -61,10 +98,12 @@ async def test_twenty_grader_kills_over_a_40_job_run(
                     await asyncio.sleep(0.1)
                     continue
                 target = rng.choice(candidates)
-            victim = graders[running[target]]
+            instance, attempt = running[target]
+            victim = graders[instance]
             await asyncio.to_thread(victim.kill)
             victim.start()  # as systemd would; it removes the container it orphaned
             kills[target] += 1
+            killed.add((target, attempt))
             await asyncio.sleep(rng.uniform(0.2, 0.6))
         assert sum(kills.values()) >= 20 and kills[doomed] == 3, kills
 
