@@ -43,6 +43,8 @@ class Config:
     # Ceilings on what a stage may ask for; submissions above them are refused (400).
     max_stage_timeout: float = 3600.0
     max_stage_memory_bytes: int = 16 << 30
+    # Files of one single submission, all together (decoded), kept in GridFS.
+    max_files_bytes: int = 20 * MiB
     # Callbacks to LMSs: the signing secret (None: generated once, kept in data_dir like the
     # tokens), how long an undelivered callback is retried, and which networks it may target
     # (empty: any address but link-local and cloud metadata, which are always refused).
@@ -90,6 +92,8 @@ class Config:
             max_stage_memory = 0
         if max_stage_memory and max_stage_memory < 4 * MiB:
             problems.append("--max-stage-memory must be at least 4m (Docker's minimum)")
+        if args.max_files_mb < 1:
+            problems.append("--max-files-mb must be at least 1")
         if not args.callback_max_age > 0:
             problems.append("--callback-max-age must be positive")
         allow_networks = tuple(n.strip() for n in (args.callback_allow_networks or "").split(",") if n.strip())
@@ -120,6 +124,7 @@ class Config:
             max_stage_memory_bytes=max_stage_memory,
             callback_secret=args.callback_secret or env.get("BROADWAY_CALLBACK_SECRET") or None,
             callback_max_age_s=args.callback_max_age,
+            max_files_bytes=args.max_files_mb * MiB,
             callback_allow_networks=allow_networks,
         )
 
@@ -173,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-stage-memory",
         default="16g",
         help="largest `memory` a stage may ask for (bytes, or 512m, 2g); larger ones are refused (default 16g)",
+    )
+    p.add_argument(
+        "--max-files-mb", type=int, default=20, help="largest total of one submission's files, in MiB (default 20)"
     )
     p.add_argument(
         "--callback-secret",
