@@ -11,6 +11,7 @@ from pymongo.errors import ConnectionFailure
 
 from broadway.store.assignments import AssignmentStore
 from broadway.store.jobs import JobStore
+from broadway.store.run_pages import RunPages
 from broadway.store.runs import RunStore
 from broadway.store.workers import WorkerStore
 
@@ -28,6 +29,7 @@ class Store:
     jobs: JobStore
     workers: WorkerStore
     assignments: AssignmentStore
+    run_pages: RunPages
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the hot queries depend on (idempotent; run at start-up)."""
@@ -78,4 +80,5 @@ def connect(url: str, timeout_s: float = 5.0, operation_timeout_s: float = 10.0)
         jobs=JobStore(db),
         workers=WorkerStore(db),
         assignments=AssignmentStore(db),
+        run_pages=RunPages(db),
     )
