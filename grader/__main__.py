@@ -41,12 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=socket.gethostname(), help="name shown in the API's logs (default: host name)")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
                    help=f"job directories; one grader per directory (default {DEFAULT_WORK_DIR})")  # fmt: skip
-    p.add_argument("--memory", default="1g", help="memory per stage, swap the same (default 1g)")
-    p.add_argument("--cpus", type=float, default=1.0, help="CPUs per stage (default 1)")
-    p.add_argument("--pids", type=int, default=256, help="processes per stage (default 256)")
-    p.add_argument("--timeout", type=float, default=30.0, help="wall-clock seconds per stage (default 30)")
-    p.add_argument("--max-output", default="1m", help="output kept per stage, tail first (default 1m)")
-    p.add_argument("--job-dir-size", default="1g", help="most a job may write to /job before it is killed (default 1g)")
+    ceilings = p.add_argument_group(
+        "ceilings per stage",
+        "The most any stage gets. A stage's own `memory` and `timeout` may ask for less, never more: a "
+        "larger (or non-positive) ask runs at the ceiling, and the stage's result says so under `clamped`.",
+    )
+    ceilings.add_argument("--memory", default="1g",
+                          help="memory, swap the same, /tmp's pages included (default 1g)")  # fmt: skip
+    ceilings.add_argument("--cpus", type=float, default=1.0, help="CPUs (default 1)")
+    ceilings.add_argument("--pids", type=int, default=256,
+                          help="processes and threads; a fork beyond it fails at once (default 256)")  # fmt: skip
+    ceilings.add_argument("--timeout", type=float, default=30.0,
+                          help="wall-clock seconds, then the container is killed (default 30)")  # fmt: skip
+    ceilings.add_argument("--max-output", "--output-limit", dest="max_output", default="1m",
+                          help="output kept, the tail; the result says what was dropped (default 1m)")  # fmt: skip
+    ceilings.add_argument("--job-dir-size", default="1g",
+                          help="most a job may write to /job before it is killed (default 1g)")  # fmt: skip
+    ceilings.add_argument("--tmp-size", default="64m",
+                          help="size of the tmpfs at /tmp; a write beyond it gets 'No space left on device' "
+                          "(default 64m)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--check", action="store_true", help="check Docker, the API and the work dir, then exit")
     return p
@@ -63,6 +76,7 @@ def config_from_args(argv: list[str] | None) -> tuple[GraderConfig, argparse.Nam
             timeout_s=args.timeout,
             max_output_bytes=parse_size(args.max_output),
             job_dir_bytes=parse_size(args.job_dir_size),
+            tmp_bytes=parse_size(args.tmp_size),
         )
         config = GraderConfig(
             api_url=args.api_url,

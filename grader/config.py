@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from broadway.sizes import parse_size
 
-__all__ = ["DEFAULT_WORK_DIR", "GraderConfig", "Limits", "parse_size"]
+__all__ = ["DEFAULT_WORK_DIR", "DOCKER_MIN_MEMORY", "GraderConfig", "Limits", "StageLimits", "parse_size"]
 
 # Not under /tmp: another local user could plant a symlink there before the grader starts.
 DEFAULT_WORK_DIR = Path.home() / ".broadway-grader"
+# Docker refuses a smaller memory limit ("Minimum memory limit allowed is 6MB").
+DOCKER_MIN_MEMORY = 6 << 20
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Isolation applied to every stage; a stage's own `timeout` and `memory` override these two."""
+    """The operator's ceilings for every stage. A stage may ask for a lower `memory` or `timeout`,
+    never a higher one (see stage_limits); everything else applies as it is."""
 
     memory_bytes: int = 1 << 30
     cpus: float = 1.0
@@ -23,6 +28,73 @@ class Limits:
     timeout_s: float = 30.0
     max_output_bytes: int = 1 << 20
     job_dir_bytes: int = 1 << 30
+    # /tmp in the container is a tmpfs of this size: without it, writes there land on the
+    # engine's disk with no bound. Its pages count against the stage's memory too.
+    tmp_bytes: int = 64 << 20
+
+    def stage_limits(self, stage: dict[str, Any]) -> StageLimits:
+        """What a stage actually gets: its own `memory`/`timeout` where lower than the ceilings.
+        A value that is missing gives the ceiling; one that is not positive or not readable
+        gives the ceiling too (never "no limit", which is what Docker makes of memory 0)."""
+        clamped: list[dict[str, Any]] = []
+        memory = self.memory_bytes
+        asked_memory = stage.get("memory")
+        if asked_memory is not None:
+            try:
+                wanted = parse_size(asked_memory) if not isinstance(asked_memory, bool) else 0
+            except ValueError:
+                wanted = 0
+            if wanted <= 0:
+                clamped.append(_note("memory", asked_memory, memory, "not a positive size; the grader's --memory"))
+            elif wanted > memory:
+                clamped.append(_note("memory", asked_memory, memory, "above the grader's --memory"))
+            elif wanted < DOCKER_MIN_MEMORY:
+                memory = DOCKER_MIN_MEMORY
+                clamped.append(_note("memory", asked_memory, memory, "below Docker's minimum"))
+            else:
+                memory = wanted
+        timeout = self.timeout_s
+        asked_timeout = stage.get("timeout")
+        if asked_timeout is not None:
+            try:
+                seconds = float(asked_timeout) if not isinstance(asked_timeout, bool) else 0.0
+            except (TypeError, ValueError):
+                seconds = 0.0
+            if not (math.isfinite(seconds) and seconds > 0):
+                clamped.append(
+                    _note("timeout", asked_timeout, timeout, "not a positive number; the grader's --timeout")
+                )
+            elif seconds > timeout:
+                clamped.append(_note("timeout", asked_timeout, timeout, "above the grader's --timeout"))
+            else:
+                timeout = seconds
+        return StageLimits(memory_bytes=memory, timeout_s=timeout, clamped=clamped)
+
+    def report(self, given: StageLimits) -> dict[str, Any]:
+        """The limits a stage ran under, as its result shows them (sizes in bytes, times in seconds)."""
+        return {
+            "memory": given.memory_bytes,
+            "timeout": given.timeout_s,
+            "cpus": self.cpus,
+            "pids": self.pids,
+            "max_output": self.max_output_bytes,
+            "tmp_size": self.tmp_bytes,
+            "job_dir_size": self.job_dir_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class StageLimits:
+    """A stage's own memory and timeout after the ceilings; `clamped` says what was changed and why."""
+
+    memory_bytes: int
+    timeout_s: float
+    clamped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _note(limit: str, asked: Any, given: float, reason: str) -> dict[str, Any]:
+    # `asked` stays as the stage wrote it ("2g", 90): that is what its author will look for.
+    return {"limit": limit, "asked": asked, "given": given, "reason": reason}
 
 
 @dataclass(frozen=True)
@@ -48,7 +120,12 @@ class GraderConfig:
             raise ValueError("a cluster token is required (--token or BROADWAY_CLUSTER_TOKEN)")
         if self.slots < 1:
             raise ValueError("--slots must be at least 1")
-        if self.limits.timeout_s <= 0 or self.limits.cpus <= 0 or self.limits.pids < 1:
+        limits = self.limits
+        if not (limits.timeout_s > 0 and math.isfinite(limits.timeout_s)) or not limits.cpus > 0 or limits.pids < 1:
             raise ValueError("--timeout, --cpus and --pids must be positive")
-        if self.limits.memory_bytes < 4 << 20:
-            raise ValueError("--memory must be at least 4m (Docker's minimum)")
+        if limits.memory_bytes < DOCKER_MIN_MEMORY:
+            raise ValueError("--memory must be at least 6m (Docker's minimum)")
+        if limits.job_dir_bytes < 1:
+            raise ValueError("--job-dir-size must be positive")
+        if limits.tmp_bytes < 1 << 20:
+            raise ValueError("--tmp-size must be at least 1m")

@@ -1,6 +1,7 @@
-"""Runs one job's stages in Docker with the isolation defaults. Blocking: call it from a thread.
+"""Runs one job's stages in Docker under the operator's ceilings. Blocking: call it from a thread.
 
-Each stage gets a fresh container; all stages of a job share a directory mounted at /job.
+Each stage gets a fresh container; all stages of a job share a directory mounted at /job, and
+each has its own bounded tmpfs at /tmp.
 Output is streamed while the container runs and only a capped tail is kept: Docker's json-file
 log of a chatty stage grows without bound and takes minutes to read back (see DESIGN.md).
 """
@@ -23,7 +24,7 @@ from docker.models.containers import Container
 from docker.types import LogConfig, Mount
 from docker.utils import parse_repository_tag
 
-from grader.config import Limits, parse_size
+from grader.config import Limits, StageLimits
 from grader.output import OutputTail
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class StageResult:
     duration_s: float = 0.0
     output: str = ""
     output_truncated: bool = False
+    # What the stage ran under, and which of its own asks were lowered (or set aside) and why.
+    limits: dict[str, Any] = field(default_factory=dict)
+    clamped: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -162,10 +166,14 @@ class Executor:
         # Stages run as whatever user their image says, with every capability dropped (so even
         # root in the container cannot override file modes): the directory must be open to all.
         job_dir.chmod(0o777)
-        if "students" in job:
-            roster = job_dir / "roster.json"
-            roster.write_text(json.dumps(job["students"], indent=1))
-            roster.chmod(0o666)
+        # roster.json is `students` verbatim, the run's list as submitted: post-processing images
+        # written for the 2018 grader read exactly that. Each student's job and result, when the
+        # API sends them, go to a file of their own.
+        for key, name in (("students", "roster.json"), ("student_results", "student_results.json")):
+            if key in job:
+                path = job_dir / name
+                path.write_text(json.dumps(job[key], indent=1))
+                path.chmod(0o666)
 
     def _pull(self, image: str) -> None:
         repository, tag = parse_repository_tag(image)
@@ -179,8 +187,10 @@ class Executor:
 
     def _run_stage(self, stage: dict[str, Any], job_dir: Path, job_id: str) -> StageResult:
         image = stage["image"]
-        timeout = float(stage.get("timeout") or self.limits.timeout_s)
-        options = container_options(stage, self.limits, job_dir)
+        given = self.limits.stage_limits(stage)
+        for note in given.clamped:
+            log.info("job %s: %s %r -> %s (%s)", job_id, note["limit"], note["asked"], note["given"], note["reason"])
+        options = container_options(stage, self.limits, job_dir, given)
         options["labels"] = {LABEL: self.instance, "broadway.job": job_id}
         try:
             try:
@@ -196,7 +206,10 @@ class Executor:
         try:
             if self._stopping.is_set():  # a cold stop came while the container was being created
                 raise InfrastructureError("the grader was stopped")
-            return self._watch(container, image, timeout, job_dir)
+            result = self._watch(container, image, given.timeout_s, job_dir)
+            result.limits = self.limits.report(given)
+            result.clamped = given.clamped
+            return result
         finally:
             with self._lock:
                 self._live.pop(container.id, None)
@@ -273,9 +286,11 @@ def directory_size(path: Path, stop_above: int) -> int:
     return total
 
 
-def container_options(stage: dict[str, Any], limits: Limits, job_dir: Path) -> dict[str, Any]:
+def container_options(
+    stage: dict[str, Any], limits: Limits, job_dir: Path, given: StageLimits | None = None
+) -> dict[str, Any]:
     """docker SDK `containers.create` arguments for a stage: its own settings plus the isolation."""
-    memory = parse_size(stage["memory"]) if stage.get("memory") else limits.memory_bytes
+    memory = (given or limits.stage_limits(stage)).memory_bytes
     return {
         "entrypoint": stage.get("entrypoint"),
         "environment": list(stage.get("env") or []),
@@ -288,6 +303,8 @@ def container_options(stage: dict[str, Any], limits: Limits, job_dir: Path) -> d
         "nano_cpus": int(limits.cpus * 1e9),
         "pids_limit": limits.pids,
         "mounts": [Mount(target="/job", source=str(job_dir.resolve()), type="bind")],
+        # Docker's tmpfs default is noexec: keep exec, since stages build programs in /tmp and run them.
+        "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={limits.tmp_bytes},mode=1777"},  # noqa: S108 - in the container
         "log_config": _LOG_CONFIG,
         "detach": True,
     }
