@@ -78,18 +78,71 @@ async def test_timeout_kills_the_container(
     assert result["duration_s"] < 10
 
 
-async def test_memory_hog_and_fork_bomb_are_contained(
+async def test_memory_hog_is_oom_killed(
     api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
 ) -> None:
-    grader = start_grader(api_service.url, "--pids", "64", "--timeout", "4")
+    start_grader(api_service.url)
     hog = await run_one(api, [sh(busybox_image, "dd if=/dev/zero of=/dev/null bs=256M count=1", memory="32m")])
-    bomb = await run_one(api, [sh(busybox_image, "while true; do sleep 60 & done")])
-    after = await run_one(api, [sh(busybox_image, "echo still fine")])
     assert stages_of(hog)[0]["oom_killed"] is True and hog["status"] == "failed"
-    bomb_stage = stages_of(bomb)[0]
+
+
+# 400 processes, no more: enough to pass a PIDs limit of 64 many times over, few enough that the
+# test does no harm on a grader that has no PIDs limit at all (there it starts them all, then
+# waits on them and is killed at the timeout, and the test fails).
+FORKS_PAST_THE_LIMIT = "i=0; while [ $i -lt 400 ]; do sleep 30 & i=$((i+1)); done; echo all 400 started; wait"
+
+
+async def test_pids_limit_makes_a_fork_fail_at_once_and_the_grader_goes_on(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    grader = start_grader(api_service.url, "--pids", "64", "--timeout", "20")
+    bomb = await run_one(api, [sh(busybox_image, FORKS_PAST_THE_LIMIT)])
+    (result,) = stages_of(bomb)
     assert bomb["status"] == "failed"
-    assert "can't fork" in bomb_stage["output"] or bomb_stage["timed_out"], "the PIDs limit stopped the bomb"
-    assert after["status"] == "succeeded", "the grader keeps working after hostile stages"
+    # Busybox sh's words for EAGAIN from fork(): what the pids cgroup answers (memory would be ENOMEM).
+    assert "can't fork: Resource temporarily unavailable" in result["output"], result
+    assert "all 400 started" not in result["output"]
+    assert not result["timed_out"] and result["duration_s"] < 5, "stopped by the limit, not by the 20 s timeout"
+    assert result["limits"]["pids"] == 64
+    after = await run_one(api, [sh(busybox_image, "echo still fine")])
+    assert after["status"] == "succeeded", "the grader keeps working after the bomb"
+    assert grader.running
+
+
+MEMORY_LIMIT = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+
+
+async def test_a_stage_may_lower_its_limits_but_never_raise_them(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    start_grader(api_service.url, "--memory", "64m", "--timeout", "3")
+    greedy = await run_one(api, [sh(busybox_image, f"{MEMORY_LIMIT}; sleep 60", memory="2g", timeout=600)])
+    (result,) = stages_of(greedy)
+    assert result["output"].split()[0] == str(64 << 20), "the container ran under the grader's --memory"
+    assert result["timed_out"] and result["duration_s"] < 10, "and was killed at the grader's --timeout"
+    assert (result["limits"]["memory"], result["limits"]["timeout"]) == (64 << 20, 3.0)
+    clamped = {c["limit"]: (c["asked"], c["given"]) for c in result["clamped"]}
+    assert clamped == {"memory": ("2g", 64 << 20), "timeout": (600, 3.0)}, "the result says what was lowered"
+
+    modest = await run_one(api, [sh(busybox_image, MEMORY_LIMIT, memory="32m", timeout=2)])
+    (result,) = stages_of(modest)
+    assert modest["status"] == "succeeded" and result["output"].split() == [str(32 << 20)]
+    assert (result["limits"]["memory"], result["limits"]["timeout"], result["clamped"]) == (32 << 20, 2.0, [])
+
+
+async def test_tmp_is_a_bounded_tmpfs_and_filling_it_harms_nothing(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    grader = start_grader(api_service.url, "--tmp-size", "16m")
+    fill = "dd if=/dev/zero of=/tmp/fill bs=1M count=200; rc=$?; echo dd exit $rc; exit $rc"
+    job = await run_one(api, [sh(busybox_image, fill)])
+    (result,) = stages_of(job)
+    assert job["status"] == "failed" and "No space left on device" in result["output"], result
+    assert "16+0 records out" in result["output"] and "dd exit 1" in result["output"]
+    assert not (result["timed_out"] or result["oom_killed"]) and result["limits"]["tmp_size"] == 16 << 20
+    # Programs built in /tmp still run there (Docker's own tmpfs default would be noexec).
+    after = await run_one(api, [sh(busybox_image, "cp /bin/busybox /tmp/busybox && /tmp/busybox echo ran from tmp")])
+    assert after["status"] == "succeeded" and "ran from tmp" in stages_of(after)[0]["output"]
     assert grader.running
 
 
@@ -120,16 +173,21 @@ async def test_post_processing_reads_the_roster(
     api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
 ) -> None:
     start_grader(api_service.url)
+    students = [{"STUDENT_ID": "alice"}, {"STUDENT_ID": "bob"}]
     run_id = await api.submit_and_start(
         {
             "student_pipeline": [sh(busybox_image, 'test "$STUDENT_ID" != bob')],
-            "students": [{"STUDENT_ID": "alice"}, {"STUDENT_ID": "bob"}],
-            "postprocessing_pipeline": [sh(busybox_image, "cat /job/roster.json")],
+            "students": students,
+            "postprocessing_pipeline": [
+                sh(busybox_image, "cat /job/roster.json; echo; echo ===; cat /job/student_results.json")
+            ],
         }
     )
     status = await finished_run(api, run_id)
-    roster = json.loads(stages_of(status["postprocessing_status"])[0]["output"])
-    by_student = {entry["env"]["STUDENT_ID"]: entry for entry in roster}
+    roster_text, results_text = stages_of(status["postprocessing_status"])[0]["output"].split("===")
+    # roster.json is the run's list as submitted: what post-processing images of the 2018 grader read.
+    assert json.loads(roster_text) == students
+    by_student = {entry["env"]["STUDENT_ID"]: entry for entry in json.loads(results_text)}
     assert by_student["alice"]["status"] == "succeeded" and by_student["bob"]["status"] == "failed"
     assert json.loads(by_student["alice"]["result"])["stages"][0]["exit_code"] == 0
     assert status["status"] == "succeeded"
