@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
+from tornado.iostream import StreamClosedError
 
 from broadway.handlers.base import ApiError, APIHandler, parse_json
 from broadway.models import Job, JobStatus, Run
 from broadway.store import parse_id
+from broadway.store.run_pages import PAGE_SIZE, PipelineJobs
 from broadway.validation import SubmissionError
+
+# The most students one `?offset=&limit=` page holds.
+MAX_PAGE_LIMIT = 1000
+_COUNT = re.compile(r"[0-9]{1,12}")
 
 
 class GradingRunsHandler(APIHandler):
@@ -48,11 +58,64 @@ class RunHandler(APIHandler):
 
 class GradingRunHandler(RunHandler):
     async def get(self, run_id_text: str) -> None:
-        """Statuses of every job of the run (the seed's shape, plus run status, counts and results)."""
+        """A run's status: every job (the seed's shape, plus run status, counts and results),
+        `?summary=1` for the status and counts alone, `?offset=&limit=` for one page of students."""
         self.require_client()
-        run, run_id = await self._run(run_id_text)
-        jobs = await self.services.store.jobs.for_run(run_id)
-        self.write_json(run_status(run, jobs))
+        query = self._status_query()
+        run, _ = await self._run(run_id_text)
+        pages = self.services.store.run_pages
+        pipeline = await pages.pipeline_jobs(run)
+        if query.summary:
+            counts = await pages.student_counts(run, pipeline)
+            self.write_json(run_summary(run, counts, pipeline))
+        elif query.limit is not None:
+            counts = await pages.student_counts(run, pipeline)
+            jobs = await pages.students(run, query.offset, query.limit)
+            self.write_json(run_page(run, counts, pipeline, query.offset, query.limit, jobs))
+        else:
+            await self._stream_full_status(run, pipeline)
+
+    def _status_query(self) -> StatusQuery:
+        summary = self.arg("summary")
+        if summary not in (None, "", "0", "1", "false", "true"):
+            raise ApiError(400, f"summary must be 1 or 0, got {_short(summary)!r}")
+        offset, limit = _count_arg(self.arg("offset"), "offset"), _count_arg(self.arg("limit"), "limit")
+        if limit is not None and limit > MAX_PAGE_LIMIT:
+            raise ApiError(400, f"limit must be at most {MAX_PAGE_LIMIT}, got {limit}")
+        wants_summary = summary in ("1", "true")
+        if wants_summary and (offset is not None or limit is not None):
+            raise ApiError(400, "summary=1 has no job list to page: drop offset and limit, or summary")
+        if offset is not None and limit is None:
+            limit = MAX_PAGE_LIMIT
+        return StatusQuery(summary=wants_summary, offset=offset or 0, limit=limit)
+
+    async def _stream_full_status(self, run: Run, pipeline: PipelineJobs) -> None:
+        """The whole run, written a page of students at a time.
+
+        At 100,000 students the body is ~150 MB: built in one piece it held the event loop (and so
+        every heartbeat) for seconds and the memory for all of it. Each page is one short store
+        operation, encoded in a thread and flushed before the next is read, so memory stays at a
+        page and heartbeats get in between. Counts come from the pages themselves, so they agree
+        with the list; they go after it (JSON key order carries no meaning).
+        """
+        head = json.dumps(run_fields(run) | {"student_statuses": None})
+        self.write(head[: -len("null}")] + "[")
+        counts = {status: 0 for status in JobStatus}
+        separator = ""
+        try:
+            for offset in range(0, run.n_students, PAGE_SIZE):
+                jobs = await self.services.store.run_pages.students(run, offset, PAGE_SIZE)
+                text = await asyncio.to_thread(encode_jobs, jobs)
+                for job in jobs:
+                    counts[job.status] += 1
+                if text:
+                    self.write(separator + text)
+                    separator = ","
+                await self.flush()
+            tail = json.dumps({"counts": counts_json(counts)} | pipeline_json(pipeline))
+            self.finish("]," + tail[1:])
+        except StreamClosedError:
+            pass  # the client hung up; nothing more to send
 
     async def post(self, run_id_text: str) -> None:
         """Start the run: queue its pre-processing job, or its student jobs."""
@@ -75,6 +138,27 @@ class CancelRunHandler(RunHandler):
         self.write_json({"id": run.id, "status": cancelled.status.value})
 
 
+@dataclass(frozen=True)
+class StatusQuery:
+    summary: bool
+    offset: int
+    limit: int | None  # None: every student
+
+
+def _count_arg(value: object, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if not _COUNT.fullmatch(text):
+        raise ApiError(400, f"{name} must be a non-negative integer, got {_short(text)!r}")
+    return int(text)
+
+
+def _short(text: object, limit: int = 40) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def job_summary(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.id,
@@ -90,12 +174,8 @@ def job_summary(job: Job) -> dict[str, Any]:
     }
 
 
-def run_status(run: Run, jobs: list[Job]) -> dict[str, Any]:
-    students = [job_summary(j) for j in jobs if j.id not in (run.pre_job_id, run.post_job_id)]
-    counts = {s.value: 0 for s in JobStatus}
-    for summary in students:
-        counts[summary["status"]] += 1
-    body: dict[str, Any] = {
+def run_fields(run: Run) -> dict[str, Any]:
+    return {
         "id": run.id,
         "status": run.status.value,
         "error": run.error,
@@ -103,15 +183,41 @@ def run_status(run: Run, jobs: list[Job]) -> dict[str, Any]:
         "started_at": run.started_at,
         "finished_at": run.finished_at,
         "student_count": run.n_students,
-        "counts": counts,
-        "student_statuses": students,
     }
-    for job in jobs:
-        if job.id == run.pre_job_id:
-            body["preprocessing_status"] = job_summary(job)
-        elif job.id == run.post_job_id:
-            body["postprocessing_status"] = job_summary(job)
+
+
+def counts_json(counts: dict[JobStatus, int]) -> dict[str, int]:
+    return {status.value: counts.get(status, 0) for status in JobStatus}
+
+
+def pipeline_json(pipeline: PipelineJobs, brief: bool = False) -> dict[str, Any]:
+    body = {}
+    for key, job in (("preprocessing_status", pipeline.pre), ("postprocessing_status", pipeline.post)):
+        if job is not None:
+            summary = job_summary(job)
+            if brief:  # a summary stays small: a result may be megabytes
+                del summary["stages"], summary["result"]
+            body[key] = summary
     return body
+
+
+def run_summary(run: Run, counts: dict[JobStatus, int], pipeline: PipelineJobs) -> dict[str, Any]:
+    """Status and counts, no job list: what a progress display needs, cheap at any run size."""
+    return run_fields(run) | {"counts": counts_json(counts)} | pipeline_json(pipeline, brief=True)
+
+
+def run_page(
+    run: Run, counts: dict[JobStatus, int], pipeline: PipelineJobs, offset: int, limit: int, jobs: list[Job]
+) -> dict[str, Any]:
+    """One page of students, with the run's counts, and where the page lies in the whole."""
+    page = {"offset": offset, "limit": limit, "returned": len(jobs), "total": run.n_students}
+    body = run_fields(run) | {"counts": counts_json(counts), "page": page}
+    return body | {"student_statuses": [job_summary(j) for j in jobs]} | pipeline_json(pipeline)
+
+
+def encode_jobs(jobs: list[Job]) -> str:
+    """A page of students as JSON list items without the brackets (CPU: run it in a thread)."""
+    return json.dumps([job_summary(j) for j in jobs])[1:-1]
 
 
 default_handlers = [
