@@ -77,7 +77,7 @@ def run_demo(work: Path, docker_client: docker.DockerClient) -> int:
             [sys.executable, "-m", "utils.start_run", "--watch", run_id, "--interval", "0.3"],
             env=env, cwd=ROOT, check=False,
         )  # fmt: skip
-        status = RunClient(api.url, client_token).status(run_id)
+        status = RunClient(api.url, client_token).results(run_id)
         problems = check_outcome(status)
         if problems or watched.returncode not in (0, 1):
             for problem in problems:

@@ -12,6 +12,9 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+# Students per request when reading a whole run (the API allows up to 1,000).
+PAGE_SIZE = 1000
+
 
 class ClientError(Exception):
     """The API could not be reached or refused the request; str() is the message to show."""
@@ -58,7 +61,37 @@ class RunClient:
         return str(self._request("POST", "/api/v1/grading_run", {"json_payload": json.dumps(config)})["id"])
 
     def start(self, run_id: str) -> None:
-        self._request("POST", f"/api/v1/grading_run/{urllib.parse.quote(run_id, safe='')}")
+        self._request("POST", self._run_path(run_id))
 
     def status(self, run_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v1/grading_run/{urllib.parse.quote(run_id, safe='')}")
+        """The whole run in one answer (the seed's shape): every job, its stages and result."""
+        return self._request("GET", self._run_path(run_id))
+
+    def summary(self, run_id: str) -> dict[str, Any]:
+        """The run's status and counts, no job list: cheap at any run size, for watching."""
+        return self._request("GET", self._run_path(run_id) + "?summary=1")
+
+    def results(self, run_id: str, page_size: int = PAGE_SIZE) -> dict[str, Any]:
+        """The whole run, as status() gives it, read a page of students at a time.
+
+        A run of 100,000 students is ~150 MB in one answer; pages keep each request small. An API
+        without paging answers the whole run to the first request (no "page" key): that is used as is.
+        """
+        first = self._page(run_id, 0, page_size)
+        if "page" not in first:
+            return first
+        students = list(first["student_statuses"])
+        last = first
+        while last["page"]["returned"] and len(students) < last["page"]["total"]:
+            last = self._page(run_id, len(students), page_size)
+            students += last["student_statuses"]
+        body = {key: value for key, value in last.items() if key != "page"}
+        body["student_statuses"] = students
+        return body
+
+    def _page(self, run_id: str, offset: int, limit: int) -> dict[str, Any]:
+        return self._request("GET", f"{self._run_path(run_id)}?offset={offset}&limit={limit}")
+
+    @staticmethod
+    def _run_path(run_id: str) -> str:
+        return f"/api/v1/grading_run/{urllib.parse.quote(run_id, safe='')}"
