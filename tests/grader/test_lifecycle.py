@@ -97,7 +97,7 @@ async def test_cold_stop_kills_containers_and_the_job_is_requeued(
     assert status["student_statuses"][0]["attempts"] == 1
 
 
-async def test_declared_dead_grader_registers_again_and_its_late_result_is_refused(
+async def test_declared_dead_grader_comes_back_and_its_result_stands_if_nobody_took_the_job(
     api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
 ) -> None:
     grader = start_grader(api_service.url)
@@ -109,10 +109,33 @@ async def test_declared_dead_grader_registers_again_and_its_late_result_is_refus
     grader.signal(signal.SIGCONT)
     status = await finished_run(api, run_id, timeout=60)
     job = status["student_statuses"][0]
-    assert job["status"] == "succeeded" and job["attempts"] == 2, "the requeued job ran again"
-    log = grader.log()
-    assert "dropped: HTTP 409" in log, "the first attempt's late report was refused"
-    assert "registering again" in log
+    # The job was requeued but no grader claimed it again: the finished work is kept, not redone.
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    assert stages_of(job)[0]["output"].split() == ["start", "done"]
+    assert "dropped: HTTP 409" not in grader.log() and grader.running
+
+
+async def test_declared_dead_graders_late_result_is_refused_once_another_grader_took_the_job(
+    api_service: ApiService, api: ApiClient, start_grader: StartGrader, busybox_image: str
+) -> None:
+    frozen = start_grader(api_service.url)
+    run_id = await api.submit_and_start(sleeper(busybox_image, 2))
+    await job_running(api, run_id)
+    frozen.signal(signal.SIGSTOP)
+    await eventually(lambda: api.status(run_id), lambda s: s["counts"]["queued"] == 1, timeout=10)
+    other = start_grader(api_service.url)
+    await eventually(
+        lambda: api.status(run_id),
+        lambda s: s["counts"]["running"] == 1 and s["student_statuses"][0]["attempts"] == 2,
+        timeout=30,
+    )
+    frozen.signal(signal.SIGCONT)  # its container has finished meanwhile; it reports at once
+    await eventually(lambda: asyncio.to_thread(frozen.log), lambda log: "dropped: HTTP 409" in log, timeout=30)
+    status = await finished_run(api, run_id, timeout=60)
+    job = status["student_statuses"][0]
+    assert job["status"] == "succeeded" and job["attempts"] == 2, "the second grader's run counts"
+    assert RUNNING.findall(other.log()) == [job["job_id"]]
+    assert frozen.running and other.running
 
 
 async def test_two_graders_share_a_run_without_running_a_job_twice(
