@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from broadway.server import ApiService
 from tests.e2e.conftest import EXAMPLE, start_run, write
 from tests.grader.conftest import StartGrader
-from tests.helpers import CLIENT_TOKEN, ApiClient, eventually
+from tests.helpers import CLIENT_TOKEN, ApiClient, eventually, run_config
 from tests.processes import ROOT, child_env
 
 
@@ -114,5 +115,46 @@ async def test_ctrl_c_stops_watching_and_says_how_to_resume(api_service: ApiServ
     err = err_bytes.decode()
     assert proc.returncode == 130
     assert f"python -m utils.start_run --watch {run_id}" in err and "Traceback" not in err
-    status = await eventually(lambda: api.status(run_id), lambda s: s is not None)
-    assert status["status"] == "running", "the run goes on"
+    assert (await api.status(run_id))["status"] == "running", "interrupting start_run does not cancel the run"
+    # The run goes on: its job is still handed out, and the run finishes once it is reported.
+    worker = await api.register()
+    job = await api.poll(worker, wait=5)
+    assert job.status == 200, job.body
+    assert (await api.report(worker, job.json["job_id"])).status == 200
+    await eventually(lambda: api.status(run_id), lambda s: s["status"] == "succeeded")
+
+
+async def test_watching_reads_the_summary_and_the_results_once_at_the_end(
+    api_service: ApiService, api: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Polling the whole run every second cost the API seconds per poll at 100,000 students:
+    start_run watches the summary and reads every job only when the run has ended."""
+    caplog.set_level(logging.INFO, logger="broadway.access")
+    run_id = await api.submit_and_start(run_config(students=3))
+    env = child_env(BROADWAY_API_URL=api_service.url, BROADWAY_CLIENT_TOKEN=CLIENT_TOKEN)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "utils.start_run", "--watch", run_id, "--interval", "0.1", "--json",
+        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    def status_gets() -> list[str]:
+        return [r.getMessage() for r in caplog.records if f"GET /api/v1/grading_run/{run_id}" in r.getMessage()]
+
+    async def logged_gets() -> list[str]:
+        return status_gets()
+
+    await eventually(logged_gets, lambda gets: len(gets) >= 2, timeout=30)  # it is watching
+    worker = await api.register()
+    for _ in range(3):
+        job = await api.poll(worker, wait=5)
+        assert job.status == 200, job.body
+        assert (await api.report(worker, job.json["job_id"])).status == 200
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert [j["status"] for j in json.loads(out)["jobs"]] == ["succeeded"] * 3
+    gets = status_gets()
+    watching = [g for g in gets if "summary=1" in g]
+    reading = [g for g in gets if "summary=1" not in g]
+    assert len(watching) >= 3, gets
+    assert len(reading) == 1 and "offset=0" in reading[0], f"the jobs are read once, at the end: {gets}"
+    assert gets[-1] == reading[0]
