@@ -9,6 +9,7 @@ setup(
     package_data={"broadway": ["schemas/*.json", "openapi.yaml"]},
     install_requires=[
         "tornado>=6.4,<7",
+        "pycurl>=7.45.3,<8",
         "pymongo>=4.13,<5",
         "nx-27017>=0.8,<0.9",
         "docker>=7,<8",

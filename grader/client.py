@@ -1,4 +1,12 @@
-"""The grader's side of the API: register, poll, heartbeat, report, with retries that never spin."""
+"""The grader's side of the API: register, poll, heartbeat, report, with retries that never spin.
+
+Requests go over kept-alive connections (libcurl's pool, through Tornado's curl client): a new
+TCP connection per request cost the API more than the job it carried. A kept-alive connection the
+API has closed meanwhile (idle timeout, restart) costs nothing visible: libcurl drops one it finds
+closed, and resends on a fresh connection a request whose reused connection died before any answer
+came back (tests/grader/test_client.py shows both). Every request here may go out twice that way:
+register, poll and heartbeat are idempotent, and the API counts the same report twice as one result.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,18 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+import pycurl
+from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.iostream import StreamClosedError
 
 from grader.config import GraderConfig
 
 log = logging.getLogger(__name__)
+
+# Tornado's curl client logs every request's URL at DEBUG, and ours carry the cluster token or the
+# worker id in their query strings: those lines never get written, whatever the grader's log level.
+logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)
 
 # Failures of the network or of an API that is restarting: worth retrying later.
 _TRANSPORT_ERRORS = (OSError, HTTPClientError, StreamClosedError, asyncio.TimeoutError)
@@ -69,9 +83,12 @@ class GraderClient:
     def __init__(self, config: GraderConfig) -> None:
         self.config = config
         self.base = config.api_url.rstrip("/") + "/api/v1"
-        # Room for one long poll, one heartbeat and a report from every slot at the same time.
-        self.http = AsyncHTTPClient(force_instance=True, max_clients=config.slots + 4)
+        # Room for one long poll, one heartbeat and a report from every slot at the same time;
+        # each of them keeps its connection open for the next request.
+        self.http = _KeepAliveClient(force_instance=True, max_clients=config.slots + 4)
         self.registration: Registration | None = None
+        # HTTP requests made (the dispatch benchmark prints them per job).
+        self.requests_sent = 0
 
     def close(self) -> None:
         self.http.close()
@@ -85,6 +102,7 @@ class GraderClient:
     async def _call(
         self, method: str, path: str, params: dict[str, str], body: Any = None, seconds: float | None = None
     ) -> HTTPResponse:
+        # The URL carries secrets in its query string: errors name the method and path only.
         url = f"{self.base}{path}?{urllib.parse.urlencode(params)}"
         request = HTTPRequest(
             url,
@@ -93,14 +111,29 @@ class GraderClient:
             headers={"Content-Type": "application/json"},
             request_timeout=seconds or self.config.request_timeout_s,
             connect_timeout=10,
+            prepare_curl_callback=_ignore_proxy_environment,
         )
+        self.requests_sent += 1
         try:
             response = await self.http.fetch(request, raise_error=False)
+        except CurlError as exc:  # libcurl's own message: "Failed to connect to ...", timeouts
+            raise Unreachable(f"{method} {path}: {self._scrub(str(exc))}") from None
         except _TRANSPORT_ERRORS as exc:
-            raise Unreachable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+            raise Unreachable(f"{method} {path}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
         if response.code >= 500 or response.code == 599:
-            raise Unreachable(f"{method} {path}: HTTP {response.code} {_error_text(response)}")
+            raise Unreachable(f"{method} {path}: HTTP {response.code} {self._error_text(response)}")
         return response
+
+    def _scrub(self, text: str) -> str:
+        """Text from elsewhere (libcurl, the API) with the token and worker id blanked, should it
+        ever quote them."""
+        for secret in (self.config.token, self.registration.worker_id if self.registration else ""):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def _error_text(self, response: HTTPResponse) -> str:
+        return self._scrub(_error_text(response))
 
     async def register(self) -> Registration:
         """Join the cluster, retrying while the API is unreachable; Rejected on a wrong token."""
@@ -118,7 +151,7 @@ class GraderClient:
                 await asyncio.sleep(delay)
                 continue
             if response.code != 200:
-                raise Rejected(f"registration refused: HTTP {response.code} {_error_text(response)}")
+                raise Rejected(f"registration refused: HTTP {response.code} {self._error_text(response)}")
             answer = json.loads(response.body)
             self.registration = Registration(str(answer["worker_id"]), float(answer["heartbeat"]))
             log.info("registered with %s; heartbeat every %ss", self.config.api_url, answer["heartbeat"])
@@ -132,23 +165,23 @@ class GraderClient:
             job: dict[str, Any] = json.loads(response.body)
             return job
         if response.code in (401, 404):
-            raise WorkerUnknown(_error_text(response))
+            raise WorkerUnknown(self._error_text(response))
         if response.code == 412:
             return None
         if response.code == 409:
             # The API still counts a job of ours whose report is on its way, or one whose claim
             # never reached us (the heartbeat's job list makes the API take that one back).
-            raise SlotsBusy(_error_text(response))
-        raise Rejected(f"poll refused: HTTP {response.code} {_error_text(response)}")
+            raise SlotsBusy(self._error_text(response))
+        raise Rejected(f"poll refused: HTTP {response.code} {self._error_text(response)}")
 
     async def heartbeat(self, running: list[str]) -> None:
         """Tell the API this worker is alive and which jobs it runs; WorkerUnknown when it has
         been declared dead."""
         response = await self._call("POST", "/heartbeat", {"worker_id": self.worker_id, "jobs": ",".join(running)})
         if response.code in (401, 404):
-            raise WorkerUnknown(_error_text(response))
+            raise WorkerUnknown(self._error_text(response))
         if response.code != 200:
-            raise Rejected(f"heartbeat refused: HTTP {response.code} {_error_text(response)}")
+            raise Rejected(f"heartbeat refused: HTTP {response.code} {self._error_text(response)}")
 
     async def report(
         self, job_id: str, result: str, success: bool, attempt: str | None, error: str | None = None
@@ -173,7 +206,7 @@ class GraderClient:
                 continue
             if response.code == 200:
                 return True
-            log.warning("result of job %s dropped: HTTP %d %s", job_id, response.code, _error_text(response))
+            log.warning("result of job %s dropped: HTTP %d %s", job_id, response.code, self._error_text(response))
             return False
 
 
@@ -182,3 +215,28 @@ def _error_text(response: HTTPResponse) -> str:
         return str(json.loads(response.body or b"{}").get("error", ""))
     except (ValueError, AttributeError):
         return (response.body or b"")[:200].decode("utf-8", "replace")
+
+
+class _KeepAliveClient(CurlAsyncHTTPClient):
+    """Tornado's curl client with libcurl's connection cache as large as its handle pool, so that
+    every connection in use can stay open for the next request. (By default libcurl keeps four
+    idle connections per transfer running at the time one ends, which drops connections when a
+    burst of reports ends together.)"""
+
+    def initialize(self, max_clients: int = 10, defaults: dict[str, Any] | None = None) -> None:  # type: ignore[override]
+        super().initialize(max_clients=max_clients, defaults=defaults)
+        self._multi.setopt(pycurl.M_MAXCONNECTS, max_clients)
+
+    def close(self) -> None:
+        super().close()
+        # Closing the handles of requests still in flight (a long poll, at a stop) makes libcurl
+        # set a timer, which must not fire on the closed client.
+        if self._timeout is not None:
+            self.io_loop.remove_timeout(self._timeout)
+            self._timeout = None
+
+
+def _ignore_proxy_environment(curl: Any) -> None:
+    # libcurl would follow http_proxy from the environment; the grader talks to its API directly,
+    # as it did before it used libcurl.
+    curl.setopt(pycurl.NOPROXY, "*")
