@@ -90,8 +90,8 @@ class Config:
         except ValueError as e:
             problems.append(f"--max-stage-memory: {e}")
             max_stage_memory = 0
-        if max_stage_memory and max_stage_memory < 4 * MiB:
-            problems.append("--max-stage-memory must be at least 4m (Docker's minimum)")
+        if max_stage_memory and max_stage_memory < 6 * MiB:
+            problems.append("--max-stage-memory must be at least 6m (Docker's minimum)")
         if args.max_files_mb < 1:
             problems.append("--max-files-mb must be at least 1")
         if not args.callback_max_age > 0:
