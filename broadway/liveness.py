@@ -12,7 +12,7 @@ import time
 from bson import ObjectId
 
 from broadway.config import Config
-from broadway.models import Worker
+from broadway.models import Job, Worker
 from broadway.scheduler import Scheduler
 from broadway.store import Store, StoreUnavailable
 from broadway.store.jobs import Reaped
@@ -21,6 +21,28 @@ log = logging.getLogger(__name__)
 
 # A full sweep of running runs (to recover from crashes) every this many reaper ticks.
 RECOVERY_EVERY_TICKS = 20
+
+# A stage that names no `timeout` runs this long at most on a grader (the grader's default
+# --timeout): the deadline of a legacy grader's job counts it for such stages.
+DEFAULT_STAGE_TIMEOUT_S = 30.0
+
+
+def job_deadline_s(job: Job, worker_timeout: float) -> float:
+    """How long a grader that sends no heartbeat while it works may take over a job: every
+    stage's timeout (the grader's default where it names none), plus one worker timeout."""
+    total = 0.0
+    for stage in job.stages:
+        timeout = stage.get("timeout")
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < float("inf"):
+            total += float(timeout)
+        else:
+            total += DEFAULT_STAGE_TIMEOUT_S
+    return total + worker_timeout
+
+
+def worker_label(worker: Worker) -> str:
+    """How logs name a worker: its name and a digest prefix, never its id (a credential)."""
+    return f"{worker.name or '?'} ({worker.ref[:8]})"
 
 
 class Reaper:
@@ -37,6 +59,9 @@ class Reaper:
             return
         self._busy = True
         try:
+            if self.ticks == 0:
+                # Workers recorded by a version without leases would never be reaped.
+                await self.store.workers.lease_unleased(self._timeout)
             await self.reap_dead_workers()
             if self.ticks % RECOVERY_EVERY_TICKS == 0:
                 await self.advance_running_runs()
@@ -49,14 +74,15 @@ class Reaper:
             self._busy = False
 
     async def reap_dead_workers(self) -> None:
-        timeout = self.config.effective_worker_timeout
-        cutoff = time.time() - timeout
-        for worker in await self.store.workers.stale(cutoff):
-            reason = f"worker {worker.name or '?'} ({worker.ref[:8]}) missed heartbeats for {timeout:g}s"
+        now = time.time()
+        for worker in await self.store.workers.stale(now):
+            reason = f"worker {worker_label(worker)} missed heartbeats for {self.config.effective_worker_timeout:g}s"
+            if worker.legacy and worker.lease_until and worker.lease_until > worker.last_seen + self._timeout:
+                reason = f"worker {worker_label(worker)} was silent past its job's deadline"
             # Jobs first, then the worker: a crash in between leaves the worker stale, so the
             # next sweep takes it again, rather than a dead worker still holding jobs.
             reaped = await self.store.jobs.reap_worker(worker.ref, self.config.max_attempts, reason)
-            if not await self.store.workers.mark_dead(worker.ref, cutoff):
+            if not await self.store.workers.mark_dead(worker.ref, now):
                 continue
             log.warning(
                 "%s: declared dead; %d job(s) requeued, %d failed",
@@ -64,12 +90,31 @@ class Reaper:
             )  # fmt: skip
             await self._after_reaping(reaped)
 
+    async def hold_for_job(self, worker: Worker, job: Job) -> None:
+        """A legacy grader has just claimed `job`. It sends no heartbeat until it reports, so it
+        is not declared dead before the job's own deadline (measured from now, the claim)."""
+        await self.store.workers.hold_lease_until(worker.ref, time.time() + job_deadline_s(job, self._timeout))
+
+    async def revive(self, worker: Worker) -> Worker | None:
+        """A worker declared dead is heard from again (the 2018 grader never registers again: it
+        would spin on 404). It comes back alive, holding no job: the reaper took them all
+        before declaring it dead. None if it is unknown."""
+        revived = await self.store.workers.revive(worker.ref, self._timeout)
+        if revived is None:  # revived meanwhile by another request
+            return await self.store.workers.get_alive(worker.ref)
+        log.warning("worker %s was declared dead and is back: alive again, holding no job", worker_label(worker))
+        return revived
+
+    @property
+    def _timeout(self) -> float:
+        return self.config.effective_worker_timeout
+
     async def reconcile(self, worker: Worker, running: frozenset[str]) -> None:
         """A live worker says which jobs it runs: the others it holds were lost on the way to it
         (the poll's answer never arrived: the API was killed after the claim, or the connection
         dropped). Without this they would stay `running` for as long as it heartbeats."""
         grace = 2.0 * self.config.heartbeat_interval
-        reason = f"worker {worker.name or '?'} ({worker.ref[:8]}) never received the job"
+        reason = f"worker {worker_label(worker)} never received the job"
         reaped = await self.store.jobs.reap_worker(
             worker.ref, self.config.max_attempts, reason, keep=running, claimed_before=time.time() - grace
         )

@@ -80,4 +80,9 @@ class Worker:
     alive: bool
     registered_at: float
     last_seen: float
+    # A legacy grader (the 2018 one) speaks only the seed protocol: it has never named its jobs
+    # in a heartbeat (nor its slots at registration), and sends no heartbeat while a job runs.
+    legacy: bool = False
+    # The reaper declares the worker dead once this time passes without news from it.
+    lease_until: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)

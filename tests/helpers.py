@@ -103,7 +103,10 @@ class ApiClient:
         assert resp.status == 200, resp.body
         return str(resp.json["worker_id"])
 
-    async def poll(self, worker_id: str, wait: float | None = None) -> Response:
+    async def poll(self, worker_id: str, wait: float | None = 0) -> Response:
+        """Poll for a job; by default answered at once (`wait=0`: 412 on an empty queue).
+        wait=None sends no `wait`, as the 2018 grader does: the API holds the poll up to its
+        --poll-hold (15 s by default) before answering 412."""
         params: dict[str, Any] = {"worker_id": worker_id}
         if wait is not None:
             params["wait"] = wait
@@ -121,7 +124,7 @@ class ApiClient:
         """Claim and report every job currently queued; returns the jobs handed out."""
         jobs = []
         while True:
-            resp = await self.poll(worker_id)
+            resp = await self.poll(worker_id, wait=0)
             if resp.status == 412:
                 return jobs
             assert resp.status == 200, resp.body

@@ -6,15 +6,18 @@ import asyncio
 import hashlib
 import json
 import logging
+import socket
 import time
 from typing import Any
 
 from bson import ObjectId
+from tornado.iostream import IOStream, StreamClosedError
 
 from broadway.environment import env_as_list
 from broadway.handlers.base import ApiError, APIHandler
+from broadway.liveness import worker_label
 from broadway.models import Job, JobKind, Worker
-from broadway.store import parse_id
+from broadway.store import StoreUnavailable, parse_id
 from broadway.store.jobs import ReportOutcome
 from broadway.tokens import digest
 
@@ -30,38 +33,86 @@ class GradingJobPollHandler(APIHandler):
         self._client_gone = True
 
     async def get(self) -> None:
-        """The next queued job, or 412 when the queue is empty (after up to `wait` seconds)."""
+        """The next queued job, or 412 when the queue stayed empty (up to `wait` seconds, or
+        --poll-hold when the poll names no `wait`, as the 2018 grader's do)."""
         wait = self._wait_seconds()
         services = self.services
         worker_id = self.required_str("worker_id")
+        ref = digest(worker_id)
         # Both lookups at once: this is the hottest path of the API.
-        worker, held = await asyncio.gather(
-            self.require_worker(worker_id), services.store.jobs.count_held(digest(worker_id))
-        )
+        worker, held = await asyncio.gather(services.store.workers.get(ref), services.store.jobs.count_held(ref))
+        if worker is not None and not worker.alive:
+            # Declared dead, yet polling: it is back (the 2018 grader never registers again).
+            worker = await services.reaper.revive(worker)
+        if worker is None:
+            raise ApiError(404, "unknown worker (never registered): register again")
         if held >= worker.slots:
             raise ApiError(409, f"this worker already runs {held} job(s) with {worker.slots} slot(s): report one first")
         deadline = time.monotonic() + wait
-        while not self._client_gone:
+        while not self._poller_gone():
             job = await services.store.jobs.claim_next(worker.ref)
             if job is not None:
-                if self._client_gone:
-                    await services.store.jobs.release(ObjectId(job.id), job.attempt_id or "")
-                    services.jobs_signal.notify()
-                    return
-                log.info("job %s (attempt %d) -> worker %s", job.id, job.attempts, worker_label(worker))
-                self.write_json(await self._job_payload(job))
+                await self._hand_out(job, worker)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             await services.jobs_signal.wait(min(remaining, services.config.poll_recheck_interval))
-        if not self._client_gone:
+        raise ApiError(412, "The queue is empty")
+
+    async def _hand_out(self, job: Job, worker: Worker) -> None:
+        """Send a claimed job to its poller, or give it back if the poller is gone.
+
+        The poller may hang up at any moment, and Tornado does not always tell: a close before
+        the request was fully read never reaches on_connection_close, and a FIN the event loop
+        has not processed yet is only visible on the socket. So check every way just before
+        writing, and treat a write onto a closed stream as undelivered too. A hang-up after the
+        answer left is beyond the API's sight; the worker's lease (or its heartbeat's job list)
+        takes such a job back.
+        """
+        services = self.services
+        delivered = False
+        try:
+            if worker.legacy:
+                await services.reaper.hold_for_job(worker, job)
+            payload = json.dumps(await self._job_payload(job))
+            if not self._poller_gone():
+                self.set_status(200)
+                await self.finish(payload)
+                delivered = True
+        except StreamClosedError:
+            pass
+        finally:
+            if not delivered:
+                await self._give_back(job)
+        if delivered:
+            log.info("job %s (attempt %d) -> worker %s", job.id, job.attempts, worker_label(worker))
+        elif not self._finished:
+            # Nobody should be listening; should someone be, this is what a poll may answer.
             raise ApiError(412, "The queue is empty")
+
+    async def _give_back(self, job: Job) -> None:
+        services = self.services
+        try:
+            if await services.store.jobs.release(ObjectId(job.id), job.attempt_id or ""):
+                log.info("job %s given back: its poller hung up before receiving it", job.id)
+                services.jobs_signal.notify()
+        except StoreUnavailable as e:
+            # Still `running` under a worker nobody hears from: its lease runs out and the reaper requeues it.
+            log.warning("job %s could not be given back (store unavailable: %s)", job.id, e)
+
+    def _poller_gone(self) -> bool:
+        if self._client_gone:
+            return True
+        stream: IOStream | None = getattr(self.request.connection, "stream", None)
+        if stream is None:
+            return False  # not an HTTP/1 connection we can look into
+        return stream.closed() or _peer_closed(stream.socket)
 
     def _wait_seconds(self) -> float:
         value = self.arg("wait")
         if value is None:
-            return 0.0
+            return self.services.config.poll_hold
         try:
             wait = float(value)
         except (TypeError, ValueError):
@@ -80,12 +131,30 @@ class GradingJobPollHandler(APIHandler):
             "kind": job.kind.value,
         }
         if job.kind is not JobKind.STUDENT:
-            students = [s async for s in self.services.store.jobs.roster(ObjectId(job.run_id))]
-            payload["students"] = [
-                {"job_id": s.id, "env": s.student, "status": s.status.value, "result": s.result}
-                for s in sorted(students, key=lambda s: s.seq)
+            students = sorted([s async for s in self.services.store.jobs.roster(ObjectId(job.run_id))], key=_by_seq)
+            # As the seed (and 2018 API) sent it: the run's students exactly as submitted. The
+            # 2018 grader writes it verbatim to /job/roster.json for post-processing images.
+            payload["students"] = [s.student for s in students]
+            payload["student_results"] = [
+                {"job_id": s.id, "env": s.student, "status": s.status.value, "result": s.result} for s in students
             ]
         return payload
+
+
+def _by_seq(job: Job) -> int:
+    return job.seq
+
+
+def _peer_closed(sock: socket.socket | None) -> bool:
+    """Whether the peer has closed its end (a FIN waits on the socket), without reading anything."""
+    if sock is None:
+        return True
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # open, nothing sent: the normal case
+    except OSError:
+        return True  # reset
 
 
 class GradingJobReportHandler(APIHandler):
@@ -150,10 +219,6 @@ def _bool_arg(value: Any, name: str, default: bool) -> bool:
     if isinstance(value, str) and value.lower() in ("false", "0", "no"):
         return False
     raise ApiError(400, f"argument {name!r} must be true or false")
-
-
-def worker_label(worker: Worker) -> str:
-    return f"{worker.name or '?'} ({worker.ref[:8]})"
 
 
 default_handlers = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from broadway.handlers.base import ApiError, APIHandler
+from broadway.liveness import worker_label
 from broadway.tokens import digest, new_secret, same_secret
 
 log = logging.getLogger(__name__)
@@ -23,11 +24,20 @@ class WorkerRegisterHandler(APIHandler):
         name = self.arg("name") or self.arg("hostname") or ""
         if not isinstance(name, str) or len(name) > 255:
             raise ApiError(400, "argument 'name' must be a string of at most 255 characters")
-        slots = _int_arg(self.arg("slots"), "slots", default=1, low=1, high=MAX_SLOTS)
+        slots_arg = self.arg("slots")
+        slots = _int_arg(slots_arg, "slots", default=1, low=1, high=MAX_SLOTS)
         worker_id = new_secret()
-        worker = await self.services.store.workers.register(digest(worker_id), name, slots)
+        # `slots` is additive to the seed: a grader naming it is ours, which heartbeats while it
+        # works. One that does not is treated as the 2018 grader (legacy: see liveness.py) until
+        # a heartbeat names its jobs. Known here, a grader killed before its first heartbeat has
+        # its job requeued after one worker timeout, not after the job's whole deadline.
+        legacy = slots_arg is None
+        timeout = self.services.config.effective_worker_timeout
+        worker = await self.services.store.workers.register(digest(worker_id), name, slots, timeout, legacy)
         # Never log the id itself: it is the worker's credential. The digest prefix identifies it.
-        log.info("worker %s (%s) registered with %d slot(s)", name or "?", worker.ref[:8], slots)
+        log.info(
+            "worker %s registered with %d slot(s)%s", worker_label(worker), slots, " (legacy grader)" if legacy else ""
+        )
         self.write_json({"worker_id": worker_id, "heartbeat": self.services.config.heartbeat_interval})
 
     post = get
@@ -35,13 +45,22 @@ class WorkerRegisterHandler(APIHandler):
 
 class HeartbeatHandler(APIHandler):
     async def post(self) -> None:
-        """Extend the worker's lease; 404 tells a grader it was forgotten and must register again."""
+        """Extend the worker's lease; 404 tells a grader it is unknown and must register again.
+
+        A worker declared dead is revived (alive, holding no job) rather than told 404: the 2018
+        grader never registers again, and would heartbeat on 404 in a tight loop.
+        """
         worker_id = self.required_str("worker_id")
         running = self._running_jobs()
         services = self.services
-        worker = await services.store.workers.heartbeat(digest(worker_id))
+        ref = digest(worker_id)
+        timeout = services.config.effective_worker_timeout
+        worker = await services.store.workers.heartbeat(ref, timeout, names_jobs=running is not None)
         if worker is None:
-            raise ApiError(404, "unknown worker (never registered, or declared dead): register again")
+            dead = await services.store.workers.get(ref)
+            worker = await services.reaper.revive(dead) if dead is not None else None
+        if worker is None:
+            raise ApiError(404, "unknown worker (never registered): register again")
         if running is not None:
             await services.reaper.reconcile(worker, running)
         self.write_json({})

@@ -42,6 +42,8 @@ class Store:
         await self.db.jobs.create_index([("holder", ASCENDING)], sparse=True)
         await self.db.runs.create_index([("status", ASCENDING)])
         await self.db.workers.create_index([("last_seen", ASCENDING)])
+        # The reaper finds expired leases on this one key; only live workers carry it.
+        await self.db.workers.create_index([("lease_until", ASCENDING)], sparse=True)
         await self.db.assignments.create_index([("course", ASCENDING)])
 
     async def ping(self, seconds: float) -> None:

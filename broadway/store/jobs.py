@@ -213,23 +213,31 @@ class JobStore:
         fingerprint: str,
         error: str | None = None,
     ) -> Report:
-        """Record a running job's result, if worker_ref (and attempt_id, when given) holds it.
+        """Record a job's result, if worker_ref (and attempt_id, when given) holds it, or held it
+        last and the job went back to the queue without being claimed again.
 
+        The second case is a grader declared dead mid-job (the 2018 grader sends no heartbeat
+        while it works) that then reports: the work is done, so the job leaves the queue with
+        that result, in the same atomic update, instead of running again. Once another worker
+        has claimed it, the late report is a CONFLICT.
         The same report again finds the job finished with the same fingerprint: DUPLICATE, no change.
-        Anything else for a job not running under that worker is a CONFLICT and changes nothing.
+        Anything else is a CONFLICT and changes nothing.
         """
-        holder: dict[str, Any] = {"_id": job_id, "holder": worker_ref}
+        holds: dict[str, Any] = {"holder": worker_ref}
+        held_last: dict[str, Any] = {"status": JobStatus.QUEUED.value, "worker": worker_ref}
         if attempt_id is not None:
-            holder["attempt_id"] = attempt_id
+            holds["attempt_id"] = held_last["attempt_id"] = attempt_id
         status = JobStatus.SUCCEEDED if success else JobStatus.FAILED
         fields = {"status": status.value, "result": result, "finished_at": time.time()}
         fields["report_fingerprint"] = fingerprint
         # A requeued job carries the reason of its earlier attempt in `error`; the report replaces it.
-        unset = {"holder": ""} if error else {"holder": "", "error": ""}
+        unset = {"holder": "", "queue_key": ""}
         if error:
             fields["error"] = error
+        else:
+            unset["error"] = ""
         doc = await self.jobs.find_one_and_update(
-            holder,
+            {"_id": job_id, "$or": [holds, held_last]},
             {"$set": fields, "$unset": unset},
             return_document=ReturnDocument.AFTER,
         )  # fmt: skip
@@ -268,10 +276,14 @@ class JobStore:
             holder = {"_id": doc["_id"], "holder": worker_ref, "attempt_id": doc.get("attempt_id")}
             attempts = doc.get("attempts", 0)
             if attempts < max_attempts:
+                # From a dead worker, `worker` and `attempt_id` stay: they name the attempt whose
+                # late report is still accepted while nobody has claimed the job again (see
+                # report()). A live worker that does not list the job never received it.
+                forget = {"holder": ""} if claimed_before is None else {"holder": "", "worker": "", "attempt_id": ""}
                 update: dict[str, Any] = {
                     "$set": {"status": JobStatus.QUEUED.value, "queue_key": queue_key(PRIORITY_REQUEUED, doc["_id"]),
                              "error": f"attempt {attempts}: {reason}"},
-                    "$unset": {"attempt_id": "", "holder": ""},
+                    "$unset": forget,
                 }  # fmt: skip
                 bucket = requeued
             else:
