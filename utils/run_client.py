@@ -28,12 +28,16 @@ class RunClient:
         self.token = token
         self.timeout = timeout
 
-    def _request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
         request = urllib.request.Request(self.api_url + path, data=data, method=method)  # noqa: S310 - http(s) only, checked in __init__
         request.add_header("Content-Type", "application/json")
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
                 answer: dict[str, Any] = json.loads(response.read() or b"{}")
