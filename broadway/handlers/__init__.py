@@ -1,6 +1,6 @@
 """HTTP handlers, one module per resource; each exposes `default_handlers`."""
 
-from broadway.handlers import assignments, health, jobs, runs, workers
+from broadway.handlers import assignments, dashboard, health, jobs, metrics, runs, workers
 
 default_handlers = (
     health.default_handlers
@@ -8,4 +8,6 @@ default_handlers = (
     + jobs.default_handlers
     + workers.default_handlers
     + assignments.default_handlers
+    + metrics.default_handlers
+    + dashboard.default_handlers
 )

@@ -9,6 +9,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure
 
+from broadway.metrics import StoreCommandMetrics
 from broadway.store.assignments import AssignmentStore
 from broadway.store.jobs import JobStore
 from broadway.store.run_pages import RunPages
@@ -73,6 +74,8 @@ def connect(url: str, timeout_s: float = 5.0, operation_timeout_s: float = 10.0)
         connectTimeoutMS=ms,
         timeoutMS=int(operation_timeout_s * 1000),
         tz_aware=False,
+        # Latency and failures of every store command, for GET /metrics.
+        event_listeners=[StoreCommandMetrics()],
     )
     db = client.get_default_database(DEFAULT_DB)
     return Store(

@@ -1,0 +1,26 @@
+"""GET /metrics: this process's Prometheus metrics, in the text exposition format."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from broadway import metrics
+from broadway.handlers.base import ApiError, APIHandler
+from broadway.tokens import same_secret
+
+
+class MetricsHandler(APIHandler):
+    async def get(self) -> None:
+        """Open unless --metrics-token is set; then Authorization: Bearer <metrics token>."""
+        token = getattr(self.services.config, "metrics_token", None)
+        if token and not same_secret(self.bearer_token(), token):
+            self.set_header("WWW-Authenticate", 'Bearer realm="broadway-metrics"')
+            raise ApiError(401, "a valid metrics token is required (Authorization: Bearer <metrics token>)")
+        gauges: metrics.StoreGauges | None = self.settings.get("store_gauges")
+        if gauges is not None:
+            await gauges.refresh()
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(metrics.exposition(gauges))
+
+
+default_handlers = [(r"/metrics", MetricsHandler)]
