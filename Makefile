@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv docker test lint demo bench clean
+.PHONY: venv docker browser test lint demo bench clean
 
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ venv: $(STAMP)
 docker:
 	@bash scripts/ensure-docker.sh
 
-test: venv docker
+# The dashboard's tests drive Debian's headless Chromium; nothing is downloaded at run time.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: venv docker browser
 	$(BIN)/python -m pytest
 
 lint: venv

@@ -6,7 +6,7 @@ setup(
     description="Broadway: a distributed autograder (API server, grader daemon, start_run)",
     python_requires=">=3.11",
     packages=find_packages(include=["broadway", "broadway.*", "grader", "grader.*", "utils", "utils.*"]),
-    package_data={"broadway": ["schemas/*.json", "openapi.yaml"]},
+    package_data={"broadway": ["schemas/*.json", "openapi.yaml", "templates/*.html", "static/*"]},
     install_requires=[
         "tornado>=6.4,<7",
         "pycurl>=7.45.3,<8",
@@ -15,6 +15,7 @@ setup(
         "docker>=7,<8",
         "jsonschema>=4.20,<5",
         "rich>=13",
+        "prometheus-client>=0.20,<1",
     ],
     entry_points={
         "console_scripts": [
