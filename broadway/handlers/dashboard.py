@@ -27,6 +27,8 @@ BIG_RUN_RECOUNT_S = 10.0
 OUTPUT_TAIL_CHARS = 4000
 # Results larger than this are parsed in a thread.
 PARSE_IN_THREAD_CHARS = 256 * 1024
+# Recent single jobs are found by a scan (no index on `kind` yet): not every second.
+SINGLES_TTL_S = 5.0
 # Finished runs' counts no longer change; keep this many.
 MAX_CACHED_RUN_COUNTS = 500
 
@@ -47,6 +49,8 @@ class DashboardSummary:
         self._lock = asyncio.Lock()
         # run id -> (monotonic time counted, counts, final)
         self._run_counts: dict[str, tuple[float, dict[str, int], bool]] = {}
+        self._singles: list[dict[str, Any]] = []
+        self._singles_at = -float("inf")
 
     async def get(self) -> dict[str, Any]:
         if self._value is not None and time.monotonic() - self._at < SUMMARY_TTL_S:
@@ -67,7 +71,9 @@ class DashboardSummary:
             counts = run["counts"]
             run["done"] = counts["succeeded"] + counts["failed"] + counts["cancelled"]
             run["total"] = sum(counts.values())
-        singles = await self.summary.recent_single_jobs()
+        if time.monotonic() - self._singles_at >= SINGLES_TTL_S:
+            self._singles = await self.summary.recent_single_jobs()
+            self._singles_at = time.monotonic()
         alive = [w for w in workers if w["alive"]]
         return {
             "now": now,
@@ -77,7 +83,7 @@ class DashboardSummary:
             "slots_in_use": sum(w["in_use"] for w in workers),
             "workers": workers,
             "runs": runs,
-            "single_jobs": singles,
+            "single_jobs": self._singles,
         }
 
     async def _counts(self, run: dict[str, Any]) -> dict[str, int]:
