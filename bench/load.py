@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
 import statistics
@@ -168,10 +167,16 @@ class Heartbeats:
         self.worker = worker
         self.samples: list[tuple[float, float]] = []
         self.failures = 0
+        self.stopping = False
         self.task = asyncio.create_task(self._run())
 
+    async def stop(self) -> None:
+        """Let the heartbeat in flight finish (cancelling it mid-request makes Tornado complain)."""
+        self.stopping = True
+        await self.task
+
     async def _run(self) -> None:
-        while True:
+        while not self.stopping:
             started = time.perf_counter()
             try:
                 ok = (await self.api.heartbeat(self.worker)).status == 200
@@ -213,8 +218,19 @@ class Figures:
         self.values[name] = value
 
 
-def ms(seconds: float) -> str:
-    return "nan" if math.isnan(seconds) else f"{seconds * 1000:.1f} ms"
+async def settled(api: ApiClient, run_id: str, within_s: float = 300.0) -> None:
+    """Wait until the API answers again after a run-sized operation (cancelling 100,000 jobs
+    holds the store for a while), so that the next figures measure what they say."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            resp = await api.request("GET", f"/api/v1/grading_run/{run_id}", params={"summary": 1}, auth=True)
+            if resp.status == 200 and resp.json["status"] == "cancelled":
+                return
+        except ConnectionError:
+            pass
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the API did not answer normally within {within_s:g} s")
 
 
 async def bench(args: argparse.Namespace, api: ApiClient, proc: ApiProcess, fig: Figures) -> None:
@@ -223,7 +239,7 @@ async def bench(args: argparse.Namespace, api: ApiClient, proc: ApiProcess, fig:
     try:
         await measure(args, api, proc, fig, claimer, heartbeats)
     finally:
-        heartbeats.task.cancel()
+        await heartbeats.stop()
         if heartbeats.failures:
             print(f"  ({heartbeats.failures} heartbeats failed or timed out during the bench)")
 
@@ -289,6 +305,7 @@ async def measure(
     print(f"  API resident memory with the runs above stored: {fig['rss_mb']:.0f} MB")
     if big:
         await step("cancel the big run", cancel(api, big))
+        await step("wait for the store to catch up", settled(api, big))
 
     print("dead-worker requeue ...", flush=True)
     requeues = []
