@@ -28,7 +28,8 @@ PACKAGE_DIR = Path(__file__).parent
 
 # Graders poll, heartbeat and report all the time; their routine answers are DEBUG, so that an
 # operator's log shows client activity and problems rather than thousands of heartbeats.
-_GRADER_PATHS = ("/api/v1/heartbeat", "/api/v1/grading_job")
+# So are the dashboard's once-a-second polls and Prometheus's scrapes.
+_ROUTINE_PATHS = ("/api/v1/heartbeat", "/api/v1/grading_job", "/api/v1/summary", "/metrics", "/static/")
 
 _GROUP = re.compile(r"\((?:[^()\\]|\\.)*\)")
 # What a path argument is, named by the path segment before it.
@@ -79,7 +80,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     route, path_args = routes.label(handler) if routes else ("other", {})
     metrics.http_request(route, request.method or "?", status, seconds)
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    if (status < 300 or status == 412) and request.path.startswith(_GRADER_PATHS):
+    if (status < 300 or status == 412) and request.path.startswith(_ROUTINE_PATHS):
         level = logging.DEBUG
     if not access_log.isEnabledFor(level):
         return

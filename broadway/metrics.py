@@ -85,7 +85,7 @@ STORE_RESTARTS = Counter(
 )
 CALLBACKS = Counter(
     "broadway_callback_deliveries",
-    "Callback delivery attempts by outcome (delivered, retry, given_up...).",
+    "Callback delivery attempts by outcome (delivered, retry, give_up).",
     ["outcome"],
     registry=REGISTRY,
 )
