@@ -292,6 +292,12 @@ async def measure(
             fig["claim_growth_ratio"] = large_med / small_med
             print(f"  claim median: {small_med * 1000:.2f} ms at ~1k queued, {large_med * 1000:.2f} ms at ~100k "
                   f"(ratio {fig['claim_growth_ratio']:.2f}, target <= 1.5)")  # fmt: skip
+        # Heartbeats with the big run running and nothing fetched: what the fetch adds is the
+        # difference (the reaper's periodic sweep counts every running run's jobs meanwhile).
+        idle_at = time.perf_counter()
+        await asyncio.sleep(args.baseline_s)
+        print(f"  heartbeats with nothing fetched ({args.baseline_s:g} s): "
+              f"{percentiles(heartbeats.between(idle_at, time.perf_counter()))}")  # fmt: skip
         fetched_at = time.perf_counter()
         status = await step("whole status of the big run", whole_status(api, big))
         fetch_beats = heartbeats.between(fetched_at, time.perf_counter())
@@ -325,6 +331,7 @@ async def main() -> None:
     parser.add_argument("--students", type=int, default=10_000, help="size of the submit/start/status run")
     parser.add_argument("--large-queue", type=int, default=100_000, help="size of the big run")
     parser.add_argument("--claims", type=int, default=300)
+    parser.add_argument("--baseline-s", type=float, default=10.0, help="heartbeats timed with nothing fetched")
     args = parser.parse_args()
     print(f"measured on: {machine()}", flush=True)
 
