@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -12,13 +13,18 @@ import tornado.ioloop
 import tornado.netutil
 
 from broadway.app import make_app
+from broadway.callbacks import Deliverer, make_deliverer
 from broadway.config import Config
 from broadway.embedded_store import EmbeddedStore, EmbeddedStoreError
 from broadway.handlers.base import Services
 from broadway.store import connect
-from broadway.tokens import Tokens, load_or_create
+from broadway.tokens import Tokens, load_or_create, load_or_create_callback_secret
 
 log = logging.getLogger(__name__)
+
+# Above the longest poll hold (60 s), so that a grader's kept-alive connection is not closed
+# under it, and below what clients wait on an idle connection before reusing it.
+IDLE_CONNECTION_TIMEOUT_S = 75.0
 
 
 def announce_tokens(tokens: Tokens, config: Config) -> None:
@@ -28,6 +34,8 @@ def announce_tokens(tokens: Tokens, config: Config) -> None:
         print(f"Nodes can join the cluster using token: {tokens.cluster}", flush=True)
     if "client" in tokens.unconfigured:
         print(f"Clients can submit grading runs using token: {tokens.client}", flush=True)
+    if "callback" in tokens.unconfigured:
+        print(f"Callbacks are signed with secret: {tokens.callback}", flush=True)
     if tokens.unconfigured:
         print(f"(generated tokens are kept in {where})", flush=True)
 
@@ -42,6 +50,7 @@ class ApiService:
         self.port = config.port
         self._server: tornado.httpserver.HTTPServer | None = None
         self._periodic: tornado.ioloop.PeriodicCallback | None = None
+        self.deliverer: Deliverer | None = None
 
     @property
     def url(self) -> str:
@@ -54,17 +63,26 @@ class ApiService:
         )
         await self.store.ensure_indexes()
         app = make_app(config, self.store, self.tokens)
+        self.deliverer = make_deliverer(self.store.deliveries, self._callback_secret(), config.callback_allow_networks)
+        # Before the first request, so every handler sees the deliverer.
+        app.settings["services"] = dataclasses.replace(app.settings["services"], deliverer=self.deliverer)
         self.services: Services = app.settings["services"]
         # Bodies over the configured limit get a JSON 413 from the handler. Tornado's own cap,
         # which answers a bare 400 and closes without reading the body, sits well above it to
         # bound memory: bodies up to 4x the limit get the JSON answer.
-        self._server = tornado.httpserver.HTTPServer(app, max_body_size=config.max_body_bytes * 4, xheaders=True)
+        self._server = tornado.httpserver.HTTPServer(
+            app,
+            max_body_size=config.max_body_bytes * 4,
+            xheaders=True,
+            idle_connection_timeout=IDLE_CONNECTION_TIMEOUT_S,
+        )
         sockets = tornado.netutil.bind_sockets(config.port, config.host)
         self.port = sockets[0].getsockname()[1]
         self._server.add_sockets(sockets)
         self.reaper = self.services.reaper
         self._periodic = tornado.ioloop.PeriodicCallback(self.reaper.tick, config.reaper_interval * 1000)
         self._periodic.start()
+        self.deliverer.start()
         log.info(
             "listening on %s; heartbeat %ds, worker timeout %gs, max attempts %d",
             self.url, config.heartbeat_interval, config.effective_worker_timeout, config.max_attempts,
@@ -77,14 +95,22 @@ class ApiService:
             self._server.stop()
             self.services.jobs_signal.notify()
             await self._server.close_all_connections()
+        if self.deliverer is not None:
+            await self.deliverer.stop()
         await self.store.close()
+
+    def _callback_secret(self) -> str:
+        """The signing secret: as loaded with the tokens, else configured, else kept in the data dir."""
+        return (
+            self.tokens.callback or self.config.callback_secret or load_or_create_callback_secret(self.config.data_dir)
+        )
 
 
 def run(config: Config) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    tokens = load_or_create(config.data_dir, config.cluster_token, config.client_token)
+    tokens = load_or_create(config.data_dir, config.cluster_token, config.client_token, config.callback_secret)
     embedded = None
     mongo_url = config.mongo_url
     if mongo_url is None:

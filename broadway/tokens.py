@@ -35,13 +35,20 @@ class Tokens:
     # Names of the tokens that were not configured but generated (now or on an earlier
     # start) and kept in the data dir: the operator has to be shown these.
     unconfigured: frozenset[str]
+    # The secret callbacks are signed with; receivers need it too. None only where Tokens are
+    # built by hand (tests): the API then falls back to Config.callback_secret, or the data dir.
+    callback: str | None = None
 
 
-def load_or_create(data_dir: Path, cluster: str | None, client: str | None) -> Tokens:
-    """Use the configured tokens; otherwise the ones kept in data_dir, generating them on first start."""
+def load_or_create(data_dir: Path, cluster: str | None, client: str | None, callback: str | None = None) -> Tokens:
+    """Use the configured tokens; otherwise the ones kept in data_dir, generating them on first start.
+
+    The callback signing secret is kept the same way, so that every API process over one data
+    dir, and every restart, signs with the secret the receivers were given.
+    """
     path = data_dir / "tokens.json"
     kept: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    chosen = {"cluster": cluster, "client": client}
+    chosen = {"cluster": cluster, "client": client, "callback": callback}
     unconfigured = frozenset(name for name, value in chosen.items() if value is None)
     for name in unconfigured:
         chosen[name] = kept.get(name) or new_secret()
@@ -49,7 +56,22 @@ def load_or_create(data_dir: Path, cluster: str | None, client: str | None) -> T
     if updated != kept:
         data_dir.mkdir(parents=True, exist_ok=True)
         _write_private(path, json.dumps(updated))
-    return Tokens(cluster=str(chosen["cluster"]), client=str(chosen["client"]), unconfigured=unconfigured)
+    return Tokens(
+        cluster=str(chosen["cluster"]), client=str(chosen["client"]), unconfigured=unconfigured,
+        callback=str(chosen["callback"]),
+    )  # fmt: skip
+
+
+def load_or_create_callback_secret(data_dir: Path) -> str:
+    """The callback signing secret kept in data_dir, generated on first use (for services built
+    from Tokens that carry none)."""
+    path = data_dir / "tokens.json"
+    kept: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if not kept.get("callback"):
+        kept["callback"] = new_secret()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        _write_private(path, json.dumps(kept))
+    return kept["callback"]
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import tornado.web
 
+from broadway.callbacks.deliverer import Deliverer
 from broadway.config import Config
 from broadway.dispatch import JobSignal
 from broadway.liveness import Reaper
@@ -49,6 +50,9 @@ class Services:
     tokens: Tokens
     jobs_signal: JobSignal
     reaper: Reaper
+    # Sends callbacks; call deliverer.notify() after recording a pending delivery. None until
+    # the server starts it (and in apps built without one).
+    deliverer: Deliverer | None = None
 
 
 class ApiError(tornado.web.HTTPError):

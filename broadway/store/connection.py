@@ -11,6 +11,7 @@ from pymongo.errors import ConnectionFailure
 
 from broadway.metrics import StoreCommandMetrics
 from broadway.store.assignments import AssignmentStore
+from broadway.store.deliveries import DeliveryStore
 from broadway.store.jobs import JobStore
 from broadway.store.run_pages import RunPages
 from broadway.store.runs import RunStore
@@ -31,6 +32,8 @@ class Store:
     workers: WorkerStore
     assignments: AssignmentStore
     run_pages: RunPages
+    # The callback outbox inside jobs and runs, and its attempt log.
+    deliveries: DeliveryStore
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the hot queries depend on (idempotent; run at start-up)."""
@@ -46,6 +49,7 @@ class Store:
         # The reaper finds expired leases on this one key; only live workers carry it.
         await self.db.workers.create_index([("lease_until", ASCENDING)], sparse=True)
         await self.db.assignments.create_index([("course", ASCENDING)])
+        await self.deliveries.ensure_indexes()
 
     async def ping(self, seconds: float) -> None:
         """Raise StoreUnavailable unless the database answers within that many seconds."""
@@ -86,4 +90,5 @@ def connect(url: str, timeout_s: float = 5.0, operation_timeout_s: float = 10.0)
         workers=WorkerStore(db),
         assignments=AssignmentStore(db),
         run_pages=RunPages(db),
+        deliveries=DeliveryStore(db),
     )
