@@ -38,6 +38,8 @@ class JobKind(StrEnum):
     PRE = "preprocessing"
     STUDENT = "student"
     POST = "postprocessing"
+    # One student's submission (POST /api/v1/job, /grade): no run, graded from its last stage.
+    SINGLE = "single"
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,14 @@ class Run:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
 class Job:
     id: str
-    run_id: str
+    # None for a single submission, which belongs to no run.
+    run_id: str | None
     kind: JobKind
     seq: int
     status: JobStatus
@@ -70,6 +74,26 @@ class Job:
     queued_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    # Single submissions only.
+    single: SingleFields | None = None
+
+
+@dataclass(frozen=True)
+class SingleFields:
+    """What a single submission carries beyond a run's job."""
+
+    course: str
+    work_id: str | None = None
+    assignment: str | None = None
+    priority: int = 0
+    callback_url: str | None = None
+    # [{"name", "size", "file_id"}]: the submitted files, kept in GridFS.
+    files: list[dict[str, Any]] = field(default_factory=list)
+    # The name of the file the grader also puts at /tmp/exercise.
+    exercise: str | None = None
+    grade: float | None = None
+    comments: list[str] = field(default_factory=list)
+    created_at: float | None = None
 
 
 @dataclass(frozen=True)

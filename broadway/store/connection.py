@@ -12,9 +12,12 @@ from pymongo.errors import ConnectionFailure
 from broadway.metrics import StoreCommandMetrics
 from broadway.store.assignments import AssignmentStore
 from broadway.store.deliveries import DeliveryStore
+from broadway.store.files import FileStore
+from broadway.store.idempotency import IdempotencyStore
 from broadway.store.jobs import JobStore
 from broadway.store.run_pages import RunPages
 from broadway.store.runs import RunStore
+from broadway.store.single_jobs import SingleJobStore
 from broadway.store.workers import WorkerStore
 
 # Raised by any store call when the database cannot be reached; the API answers 503.
@@ -34,6 +37,10 @@ class Store:
     run_pages: RunPages
     # The callback outbox inside jobs and runs, and its attempt log.
     deliveries: DeliveryStore
+    # Single submissions (kind "single" in `jobs`), their files in GridFS, their idempotency keys.
+    single_jobs: SingleJobStore
+    files: FileStore
+    idempotency: IdempotencyStore
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the hot queries depend on (idempotent; run at start-up)."""
@@ -50,6 +57,8 @@ class Store:
         await self.db.workers.create_index([("lease_until", ASCENDING)], sparse=True)
         await self.db.assignments.create_index([("course", ASCENDING)])
         await self.deliveries.ensure_indexes()
+        # A job's files are found by their ids in the job document; this one is for cleaning up.
+        await self.db.job_files.files.create_index([("metadata.owner", ASCENDING)])
 
     async def ping(self, seconds: float) -> None:
         """Raise StoreUnavailable unless the database answers within that many seconds."""
@@ -91,4 +100,7 @@ def connect(url: str, timeout_s: float = 5.0, operation_timeout_s: float = 10.0)
         assignments=AssignmentStore(db),
         run_pages=RunPages(db),
         deliveries=DeliveryStore(db),
+        single_jobs=SingleJobStore(db),
+        files=FileStore(db),
+        idempotency=IdempotencyStore(db),
     )

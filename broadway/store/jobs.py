@@ -7,7 +7,8 @@ which stays ~1 ms at 100k queued jobs on nx-27017, where filtering on `status` a
 another field scans; nx-27017's count_documents scans whatever the filter (~100 ms at 2k jobs),
 so counts go through aggregate.
 Keys sort by priority first: pre/post-processing jobs (they gate a whole run), then requeued
-jobs (they have waited once already), then fresh student jobs, each FIFO by queue time.
+jobs (they have waited once already), then fresh jobs by their priority (a single submission's
+`priority`, higher first; a run's students have 0), each FIFO by queue time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from broadway.models import Job, JobKind, JobStatus
+from broadway.models import Job, JobKind, JobStatus, SingleFields
+from broadway.store.deliveries import pending_delivery_fields
+from broadway.store.ids import parse_id
 
 PRIORITY_PIPELINE = "0"
 PRIORITY_REQUEUED = "1"
@@ -42,14 +45,39 @@ QUEUE_BATCH = 500
 ACTIVE = [JobStatus.CREATED.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 
 
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+
+
 def queue_key(priority: str, job_id: ObjectId | None = None) -> str:
     return f"{priority}{time.time_ns():020d}{job_id or ''}"
+
+
+def fresh_key(priority: int = 0, job_id: ObjectId | None = None) -> str:
+    """The queue key of a job queued for the first time: higher `priority` sorts first."""
+    return queue_key(f"{PRIORITY_FRESH}{MAX_PRIORITY - priority:04d}", job_id)
+
+
+def _single(doc: dict[str, Any]) -> SingleFields | None:
+    if doc.get("kind") != JobKind.SINGLE.value:
+        return None
+    return SingleFields(
+        course=doc.get("course", "default"),
+        work_id=doc.get("work_id"),
+        assignment=doc.get("assignment"),
+        priority=doc.get("priority", 0),
+        callback_url=doc.get("callback_url"),
+        files=doc.get("files", []),
+        exercise=doc.get("exercise"),
+        grade=doc.get("grade"),
+        comments=doc.get("comments") or [],
+        created_at=doc.get("created_at"),
+    )
 
 
 def _job(doc: dict[str, Any]) -> Job:
     return Job(
         id=str(doc["_id"]),
-        run_id=str(doc["run_id"]),
+        run_id=str(doc["run_id"]) if doc.get("run_id") else None,
         kind=JobKind(doc["kind"]),
         seq=doc["seq"],
         status=JobStatus(doc["status"]),
@@ -63,6 +91,7 @@ def _job(doc: dict[str, Any]) -> Job:
         queued_at=doc.get("queued_at"),
         started_at=doc.get("started_at"),
         finished_at=doc.get("finished_at"),
+        single=_single(doc),
     )
 
 
@@ -71,12 +100,27 @@ class ReportOutcome(enum.Enum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     NOT_FOUND = "not_found"
+    # A single submission's report came without its ending (or a run job's with one): decide
+    # it for the job's kind and report again.
+    WRONG_KIND = "wrong_kind"
 
 
 @dataclass(frozen=True)
 class Report:
     outcome: ReportOutcome
     job: Job | None
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a single submission ends, as its lifecycle (broadway/single_jobs.py) decided it."""
+
+    status: JobStatus
+    grade: float | None = None
+    comments: list[str] | None = None
+    error: str | None = None
+    # Set when the job has a callback_url: its delivery is recorded by the ending update.
+    callback_max_age_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +209,7 @@ class JobStore:
                 result = await self.jobs.update_many(
                     {"start_chunk": start_chunk(run_id, chunk), "status": JobStatus.CREATED.value},
                     {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(),
-                              "queue_key": queue_key(PRIORITY_FRESH)},
+                              "queue_key": fresh_key()},
                      "$unset": {"start_chunk": ""}},
                 )  # fmt: skip
             moved += result.modified_count
@@ -212,6 +256,7 @@ class JobStore:
         result: str,
         fingerprint: str,
         error: str | None = None,
+        ending: Ending | None = None,
     ) -> Report:
         """Record a job's result, if worker_ref (and attempt_id, when given) holds it, or held it
         last and the job went back to the queue without being claimed again.
@@ -220,6 +265,9 @@ class JobStore:
         while it works) that then reports: the work is done, so the job leaves the queue with
         that result, in the same atomic update, instead of running again. Once another worker
         has claimed it, the late report is a CONFLICT.
+        A single submission ends as its lifecycle decided (`ending`: status, grade, and its
+        pending callback, recorded in this same update); without `ending` only a run's job
+        matches, and a single one answers WRONG_KIND so that the caller decides its ending.
         The same report again finds the job finished with the same fingerprint: DUPLICATE, no change.
         Anything else is a CONFLICT and changes nothing.
         """
@@ -227,17 +275,24 @@ class JobStore:
         held_last: dict[str, Any] = {"status": JobStatus.QUEUED.value, "worker": worker_ref}
         if attempt_id is not None:
             holds["attempt_id"] = held_last["attempt_id"] = attempt_id
+        now = time.time()
         status = JobStatus.SUCCEEDED if success else JobStatus.FAILED
-        fields = {"status": status.value, "result": result, "finished_at": time.time()}
+        fields: dict[str, Any] = {"status": status.value, "result": result, "finished_at": now}
         fields["report_fingerprint"] = fingerprint
         # A requeued job carries the reason of its earlier attempt in `error`; the report replaces it.
         unset = {"holder": "", "queue_key": ""}
+        if ending is not None:
+            error = ending.error
+            fields.update(status=ending.status.value, grade=ending.grade, comments=ending.comments)
+            if ending.callback_max_age_s is not None:
+                fields.update(pending_delivery_fields(now, ending.callback_max_age_s))
         if error:
             fields["error"] = error
         else:
             unset["error"] = ""
+        kind = JobKind.SINGLE.value if ending is not None else {"$ne": JobKind.SINGLE.value}
         doc = await self.jobs.find_one_and_update(
-            {"_id": job_id, "$or": [holds, held_last]},
+            {"_id": job_id, "kind": kind, "$or": [holds, held_last]},
             {"$set": fields, "$unset": unset},
             return_document=ReturnDocument.AFTER,
         )  # fmt: skip
@@ -251,7 +306,11 @@ class JobStore:
             and current.get("report_fingerprint") == fingerprint
             and (attempt_id is None or current.get("attempt_id") == attempt_id)
         )
-        return Report(ReportOutcome.DUPLICATE if same_report else ReportOutcome.CONFLICT, _job(current))
+        if same_report:
+            return Report(ReportOutcome.DUPLICATE, _job(current))
+        if (current.get("kind") == JobKind.SINGLE.value) != (ending is not None):
+            return Report(ReportOutcome.WRONG_KIND, _job(current))
+        return Report(ReportOutcome.CONFLICT, _job(current))
 
     async def reap_worker(
         self,
@@ -260,6 +319,7 @@ class JobStore:
         reason: str,
         keep: frozenset[str] = frozenset(),
         claimed_before: float | None = None,
+        callback_max_age_s: float = 24 * 3600.0,
     ) -> Reaped:
         """Take jobs away from a worker: back to the queue, or failed after max_attempts.
 
@@ -288,10 +348,11 @@ class JobStore:
                 bucket = requeued
             else:
                 error = f"infrastructure: gave up after {attempts} attempts; last: {reason}"
-                update = {
-                    "$set": {"status": JobStatus.FAILED.value, "error": error, "finished_at": time.time()},
-                    "$unset": {"holder": ""},
-                }
+                now = time.time()
+                ended: dict[str, Any] = {"status": JobStatus.FAILED.value, "error": error, "finished_at": now}
+                if doc.get("callback_url"):  # the LMS is told in the same update
+                    ended.update(pending_delivery_fields(now, callback_max_age_s))
+                update = {"$set": ended, "$unset": {"holder": ""}}
                 bucket = failed
             after = await self.jobs.find_one_and_update(holder, update, return_document=ReturnDocument.AFTER)
             if after:
@@ -338,3 +399,11 @@ class JobStore:
             docs = await cursor.to_list()
         for doc in docs:
             yield _job(doc)
+
+    async def cancelled_among(self, job_ids: frozenset[str]) -> list[str]:
+        """Which of these jobs (a grader's running ones; a run's or single) have been cancelled: one `$in` on `_id`."""
+        oids = [oid for oid in (parse_id(j) for j in job_ids) if oid is not None]
+        if not oids:
+            return []
+        cursor = self.jobs.find({"_id": {"$in": oids}, "status": JobStatus.CANCELLED.value}, {"_id": 1})
+        return sorted([str(doc["_id"]) async for doc in cursor])

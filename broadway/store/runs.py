@@ -10,6 +10,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from broadway.models import Run, RunStatus
+from broadway.store.deliveries import pending_delivery_fields
 
 
 def _run(doc: dict[str, Any]) -> Run:
@@ -23,6 +24,7 @@ def _run(doc: dict[str, Any]) -> Run:
         started_at=doc.get("started_at"),
         finished_at=doc.get("finished_at"),
         error=doc.get("error"),
+        callback_url=doc.get("callback_url"),
     )
 
 
@@ -31,7 +33,12 @@ class RunStore:
         self.runs = db.runs
 
     async def insert(
-        self, run_id: ObjectId, n_students: int, pre_job_id: ObjectId | None, post_job_id: ObjectId | None
+        self,
+        run_id: ObjectId,
+        n_students: int,
+        pre_job_id: ObjectId | None,
+        post_job_id: ObjectId | None,
+        callback_url: str | None = None,
     ) -> Run:
         """Record a run whose jobs are already stored: a run that exists always has all its jobs."""
         doc = {
@@ -44,6 +51,8 @@ class RunStore:
             "students_done": 0,
             "created_at": time.time(),
         }
+        if callback_url:
+            doc["callback_url"] = callback_url
         await self.runs.insert_one(doc)
         return _run(doc)
 
@@ -61,9 +70,17 @@ class RunStore:
         )
         return _run(doc) if doc else None
 
-    async def mark_finished(self, run_id: ObjectId, status: RunStatus, error: str | None = None) -> bool:
-        """created/running -> a final status; False if the run had already ended (someone else finished it)."""
-        fields: dict[str, Any] = {"status": status.value, "finished_at": time.time()}
+    async def mark_finished(
+        self, run_id: ObjectId, status: RunStatus, error: str | None = None, callback_max_age_s: float | None = None
+    ) -> bool:
+        """created/running -> a final status; False if the run had already ended (someone else finished it).
+
+        With callback_max_age_s (the run has a callback_url) the same update records its pending callback.
+        """
+        now = time.time()
+        fields: dict[str, Any] = {"status": status.value, "finished_at": now}
+        if callback_max_age_s is not None:
+            fields.update(pending_delivery_fields(now, callback_max_age_s))
         if error:
             fields["error"] = error
         unfinished = [RunStatus.CREATED.value, RunStatus.RUNNING.value]

@@ -1,0 +1,148 @@
+"""Single submissions in the `jobs` collection: created queued, changed while queued, cancelled.
+
+They share the queue, the claim, the report and the reaper with a run's jobs (store/jobs.py):
+kind "single", no run_id, and queued from the start with a key that sorts by their priority.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from broadway.models import Job, JobKind, JobStatus
+from broadway.store.deliveries import pending_delivery_fields
+from broadway.store.files import StoredFile
+from broadway.store.ids import parse_id
+from broadway.store.jobs import _job, fresh_key
+
+
+@dataclass(frozen=True)
+class NewSingleJob:
+    job_id: str
+    course: str
+    stages: list[dict[str, Any]]
+    files: list[StoredFile]
+    exercise: str | None
+    params: dict[str, str]
+    assignment: str | None
+    work_id: str | None
+    callback_url: str | None
+    priority: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a PATCH changes; None: unchanged. `stages`/`files` come re-planned from the lifecycle."""
+
+    stages: list[dict[str, Any]] | None = None
+    files: list[StoredFile] | None = None
+    exercise: str | None = None
+    params: dict[str, str] | None = None
+    priority: int | None = None
+    callback_url: str | None = None
+
+
+class SingleJobStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.jobs = db.jobs
+
+    async def insert(self, new: NewSingleJob) -> Job:
+        """Store a single submission, queued at once."""
+        oid = ObjectId(new.job_id)
+        now = time.time()
+        doc: dict[str, Any] = {
+            "_id": oid,
+            "kind": JobKind.SINGLE.value,
+            "run_id": None,
+            "seq": 0,
+            "status": JobStatus.QUEUED.value,
+            "stages": new.stages,
+            "student": None,
+            "attempts": 0,
+            "course": new.course,
+            "assignment": new.assignment,
+            "params": new.params,
+            "work_id": new.work_id,
+            "priority": new.priority,
+            "files": [f.as_doc() for f in new.files],
+            "exercise": new.exercise,
+            "created_at": now,
+            "queued_at": now,
+            "queue_key": fresh_key(new.priority, oid),
+        }
+        if new.callback_url:
+            doc["callback_url"] = new.callback_url
+        await self.jobs.insert_one(doc)
+        return _job(doc)
+
+    async def get(self, job_id: str) -> tuple[Job, dict[str, str]] | None:
+        """A single submission and its params, or None (no such id, or a run's job)."""
+        oid = parse_id(job_id)
+        doc = await self.jobs.find_one({"_id": oid, "kind": JobKind.SINGLE.value}) if oid else None
+        return (_job(doc), doc.get("params") or {}) if doc else None
+
+    async def change_queued(self, job_id: str, change: Change) -> Job | None:
+        """Apply a PATCH while the job is still queued (not claimed); None once it is not."""
+        oid = parse_id(job_id)
+        if oid is None:
+            return None
+        fields: dict[str, Any] = {}
+        unset: dict[str, str] = {}
+        if change.stages is not None:
+            fields["stages"] = change.stages
+        if change.files is not None:
+            fields["files"] = [f.as_doc() for f in change.files]
+            fields["exercise"] = change.exercise
+        if change.params is not None:
+            fields["params"] = change.params
+        if change.callback_url is not None:
+            if change.callback_url:
+                fields["callback_url"] = change.callback_url
+            else:
+                unset["callback_url"] = ""
+        if change.priority is not None:
+            fields["priority"] = change.priority
+            # A new key re-sorts the job among its new peers; it waits from now in that place.
+            fields["queue_key"] = fresh_key(change.priority, oid)
+        update: dict[str, Any] = {"$set": {**fields, "updated_at": time.time()}}
+        if unset:
+            update["$unset"] = unset
+        doc = await self.jobs.find_one_and_update(
+            {"_id": oid, "kind": JobKind.SINGLE.value, "status": JobStatus.QUEUED.value, "attempts": 0},
+            update,
+            return_document=ReturnDocument.AFTER,
+        )
+        return _job(doc) if doc else None
+
+    async def cancel(self, job_id: str, callback_max_age_s: float) -> Job | None:
+        """queued/running -> cancelled (its callback recorded in the same update); None when it
+        had already ended. A running job's grader learns it from its next heartbeat's answer and
+        kills the container; its report is refused (409)."""
+        oid = parse_id(job_id)
+        if oid is None:
+            return None
+        while True:
+            doc = await self.jobs.find_one({"_id": oid, "kind": JobKind.SINGLE.value}, {"status": 1, "callback_url": 1})
+            if doc is None or JobStatus(doc["status"]).terminal:
+                return None
+            now = time.time()
+            fields: dict[str, Any] = {
+                "status": JobStatus.CANCELLED.value,
+                "finished_at": now,
+                "error": "cancelled by a client",
+            }
+            if doc.get("callback_url"):
+                fields.update(pending_delivery_fields(now, callback_max_age_s))
+            after = await self.jobs.find_one_and_update(
+                {"_id": oid, "status": doc["status"]},
+                {"$set": fields, "$unset": {"queue_key": "", "holder": ""}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if after is not None:
+                return _job(after)
+            # Its status changed between the two steps (claimed, or reported): look again.
