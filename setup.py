@@ -22,6 +22,7 @@ setup(
             "broadway=broadway.__main__:main",
             "broadway-grader=grader.__main__:main",
             "broadway-start-run=utils.start_run:main",
+            "broadway-submit=utils.submit:main",
         ]
     },
 )

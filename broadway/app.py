@@ -10,6 +10,7 @@ from typing import Any
 import tornado.web
 
 from broadway import metrics
+from broadway.callbacks.targets import TargetPolicy
 from broadway.config import Config
 from broadway.dispatch import JobSignal
 from broadway.handlers import default_handlers
@@ -97,7 +98,13 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 def make_app(config: Config, store: Store, tokens: Tokens) -> tornado.web.Application:
     jobs_signal = JobSignal()
-    scheduler = MeteredScheduler(store, on_jobs_queued=jobs_signal.notify, ceilings=config.stage_ceilings)
+    scheduler = MeteredScheduler(
+        store,
+        on_jobs_queued=jobs_signal.notify,
+        ceilings=config.stage_ceilings,
+        callback_policy=TargetPolicy.from_strings(config.callback_allow_networks),
+        callback_max_age_s=config.callback_max_age_s,
+    )
     reaper = Reaper(config, store, scheduler)
     services = Services(
         config=config, store=store, scheduler=scheduler, tokens=tokens, jobs_signal=jobs_signal, reaper=reaper

@@ -81,7 +81,9 @@ class Reaper:
                 reason = f"worker {worker_label(worker)} was silent past its job's deadline"
             # Jobs first, then the worker: a crash in between leaves the worker stale, so the
             # next sweep takes it again, rather than a dead worker still holding jobs.
-            reaped = await self.store.jobs.reap_worker(worker.ref, self.config.max_attempts, reason)
+            reaped = await self.store.jobs.reap_worker(
+                worker.ref, self.config.max_attempts, reason, callback_max_age_s=self.config.callback_max_age_s
+            )
             if not await self.store.workers.mark_dead(worker.ref, now):
                 continue
             log.warning(
@@ -116,7 +118,12 @@ class Reaper:
         grace = 2.0 * self.config.heartbeat_interval
         reason = f"worker {worker_label(worker)} never received the job"
         reaped = await self.store.jobs.reap_worker(
-            worker.ref, self.config.max_attempts, reason, keep=running, claimed_before=time.time() - grace
+            worker.ref,
+            self.config.max_attempts,
+            reason,
+            keep=running,
+            claimed_before=time.time() - grace,
+            callback_max_age_s=self.config.callback_max_age_s,
         )
         if reaped.requeued or reaped.failed:
             log.warning("%s: %d job(s) requeued, %d failed", reason, len(reaped.requeued), len(reaped.failed))

@@ -16,11 +16,12 @@ from typing import Any
 
 from bson import ObjectId
 
+from broadway.callbacks.targets import CallbackTargetError, TargetPolicy, check_callback_url
 from broadway.models import Job, JobKind, JobStatus, Run, RunStatus
 from broadway.store import Store
 from broadway.store.ids import new_id
 from broadway.store.jobs import new_job_doc
-from broadway.validation import NO_CEILINGS, StageCeilings, plan_run
+from broadway.validation import NO_CEILINGS, StageCeilings, SubmissionError, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +46,38 @@ def prepare_run(config: Any, ceilings: StageCeilings = NO_CEILINGS) -> PreparedR
 
 
 class Scheduler:
-    def __init__(self, store: Store, on_jobs_queued: Callable[[], None], ceilings: StageCeilings = NO_CEILINGS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_jobs_queued: Callable[[], None],
+        ceilings: StageCeilings = NO_CEILINGS,
+        callback_policy: TargetPolicy | None = None,
+        callback_max_age_s: float = 24 * 3600.0,
+    ) -> None:
         self.store = store
         self.ceilings = ceilings
         # Wakes long-polling graders in this process (see dispatch.JobSignal).
         self.on_jobs_queued = on_jobs_queued
+        self.callback_policy = callback_policy or TargetPolicy.from_strings(())
+        self.callback_max_age_s = callback_max_age_s
+        # Wakes this process's callback deliverer after a pending delivery was recorded; the
+        # server points it at Deliverer.notify once the deliverer runs.
+        self.on_callback_due: Callable[[], None] = lambda: None
 
     async def submit(self, config: Any) -> Run:
         """Store a new run (status `created`) with all its jobs; raises SubmissionError."""
+        callback_url = config.get("callback_url") if isinstance(config, dict) else None
+        if callback_url is not None:
+            try:
+                check_callback_url(callback_url, self.callback_policy)
+            except CallbackTargetError as e:
+                raise SubmissionError(f"$.callback_url: {e}") from None
         prepared = await asyncio.to_thread(prepare_run, config, self.ceilings)
         # Jobs first, run last: a crash in between leaves only unreachable jobs, never a run
         # with some of its jobs missing.
         await self.store.jobs.insert_many(prepared.jobs)
         run = await self.store.runs.insert(
-            prepared.run_id, prepared.n_students, prepared.pre_job_id, prepared.post_job_id
+            prepared.run_id, prepared.n_students, prepared.pre_job_id, prepared.post_job_id, callback_url
         )
         log.info("run %s submitted: %d students", run.id, run.n_students)
         return run
@@ -105,7 +124,12 @@ class Scheduler:
         await self._finish(run, RunStatus.SUCCEEDED)
 
     async def job_finished(self, job: Job) -> None:
-        """A job reached a final status: advance its run when that may unblock it."""
+        """A job reached a final status: advance its run when that may unblock it (a single
+        submission has no run: only its callback, if any, is due)."""
+        if job.run_id is None:
+            if job.single is not None and job.single.callback_url:
+                self.on_callback_due()
+            return
         run_id = ObjectId(job.run_id)
         if job.kind is JobKind.STUDENT:
             # Cheap counter first; the exact count in advance() only when it says "maybe all done".
@@ -119,12 +143,23 @@ class Scheduler:
         run = await self.store.runs.get(run_id)
         if run is None or run.status not in (RunStatus.CREATED, RunStatus.RUNNING):
             return None
-        if not await self.store.runs.mark_finished(run_id, RunStatus.CANCELLED, "cancelled by a client"):
+        if not await self.store.runs.mark_finished(
+            run_id, RunStatus.CANCELLED, "cancelled by a client", self._callback_age(run)
+        ):
             return None
         await self.store.jobs.cancel_unstarted(run_id)
         await self.store.jobs.cancel_running(run_id)
+        self._callback_recorded(run)  # after the jobs: the callback counts them cancelled
         log.info("run %s cancelled", run.id)
         return await self.store.runs.get(run_id)
+
+    def _callback_age(self, run: Run) -> float | None:
+        """How long a run's end callback is retried; None when the run has no callback."""
+        return self.callback_max_age_s if run.callback_url else None
+
+    def _callback_recorded(self, run: Run) -> None:
+        if run.callback_url:
+            self.on_callback_due()
 
     async def _queue_one(self, job: Job) -> None:
         if job.status is JobStatus.CREATED and await self.store.jobs.queue_one(ObjectId(job.id)):
@@ -134,5 +169,6 @@ class Scheduler:
         run_id = ObjectId(run.id)
         if status is RunStatus.FAILED:
             await self.store.jobs.cancel_unstarted(run_id)
-        if await self.store.runs.mark_finished(run_id, status, error):
+        if await self.store.runs.mark_finished(run_id, status, error, self._callback_age(run)):
+            self._callback_recorded(run)
             log.info("run %s %s%s", run.id, status.value, f": {error}" if error else "")

@@ -66,6 +66,8 @@ class ApiService:
         self.deliverer = make_deliverer(self.store.deliveries, self._callback_secret(), config.callback_allow_networks)
         # Before the first request, so every handler sees the deliverer.
         app.settings["services"] = dataclasses.replace(app.settings["services"], deliverer=self.deliverer)
+        # Jobs and runs that end with a callback wake the deliverer at once (not at its next scan).
+        app.settings["services"].scheduler.on_callback_due = self.deliverer.notify
         self.services: Services = app.settings["services"]
         # Bodies over the configured limit get a JSON 413 from the handler. Tornado's own cap,
         # which answers a bare 400 and closes without reading the body, sits well above it to

@@ -75,10 +75,14 @@ class APIHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
 
+    def body_limit(self) -> int:
+        """The largest body this handler takes (a JSON 413 beyond it)."""
+        return self.services.config.max_body_bytes
+
     async def prepare(self) -> None:
         length = len(self.request.body)
-        if length > self.services.config.max_body_bytes:
-            raise ApiError(413, f"request body is {length} bytes; the limit is {self.services.config.max_body_bytes}")
+        if length > (limit := self.body_limit()):
+            raise ApiError(413, f"request body is {length} bytes; the limit is {limit}")
         if self._looks_like_json():
             self._json_body = await parse_json(self.request.body, "request body")
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
 import socket
 import time
+import urllib.parse
 from typing import Any
 
 from bson import ObjectId
@@ -17,6 +19,7 @@ from broadway.environment import env_as_list
 from broadway.handlers.base import ApiError, APIHandler
 from broadway.liveness import worker_label
 from broadway.models import Job, JobKind, Worker
+from broadway.single_jobs import ending_for
 from broadway.store import StoreUnavailable, parse_id
 from broadway.store.jobs import ReportOutcome
 from broadway.tokens import digest
@@ -130,7 +133,16 @@ class GradingJobPollHandler(APIHandler):
             "grading_run_id": job.run_id,
             "kind": job.kind.value,
         }
-        if job.kind is not JobKind.STUDENT:
+        if job.kind is JobKind.SINGLE and job.single is not None:
+            # Where the grader fetches each submitted file (with its worker id) to /job/files/<name>.
+            payload["files"] = [
+                {"name": f["name"], "size": f["size"], "url": job_file_path(job.id, f["name"])}
+                for f in job.single.files
+            ]
+            if job.single.exercise:
+                payload["exercise"] = job.single.exercise
+        elif job.kind is not JobKind.STUDENT:
+            assert job.run_id is not None
             students = sorted([s async for s in self.services.store.jobs.roster(ObjectId(job.run_id))], key=_by_seq)
             # As the seed (and 2018 API) sent it: the run's students exactly as submitted. The
             # 2018 grader writes it verbatim to /job/roster.json for post-processing images.
@@ -139,6 +151,11 @@ class GradingJobPollHandler(APIHandler):
                 {"job_id": s.id, "env": s.student, "status": s.status.value, "result": s.result} for s in students
             ]
         return payload
+
+
+def job_file_path(job_id: str, name: str) -> str:
+    """Where a grader downloads one of a single job's files (see handlers/job_files.py)."""
+    return f"/api/v1/grading_job/{job_id}/files/{urllib.parse.quote(name, safe='/')}"
 
 
 def _by_seq(job: Job) -> int:
@@ -178,9 +195,28 @@ class GradingJobReportHandler(APIHandler):
             raise ApiError(404, f"no grading job with id {job_id_text!r}")
         fingerprint = hashlib.sha256(f"{success}\0{error}\0{result}".encode("utf-8", "surrogatepass")).hexdigest()
         services = self.services
+        ref = digest(worker_id)
+        ending = None
+        if self.arg("kind") == JobKind.SINGLE.value:
+            # Our grader says which kind it ran; a single job's ending is decided from its record.
+            found = await services.store.single_jobs.get(job_id_text)
+            if found is not None:
+                ending = ending_for(found[0], success, result, error, services.config.callback_max_age_s)
         report = await services.store.jobs.report(
-            job_id, digest(worker_id), attempt or None, success, result, fingerprint, error
+            job_id, ref, attempt or None, success, result, fingerprint, error, ending
         )
+        if report.outcome is ReportOutcome.WRONG_KIND:
+            # No hint (the 2018 grader) or a wrong one: decide for the job's real kind, once more.
+            assert report.job is not None
+            if report.job.single is not None:
+                ending = ending_for(report.job, success, result, error, services.config.callback_max_age_s)
+            else:
+                ending = None
+            report = await services.store.jobs.report(
+                job_id, ref, attempt or None, success, result, fingerprint, error, ending
+            )
+        if report.outcome is ReportOutcome.WRONG_KIND:
+            report = dataclasses.replace(report, outcome=ReportOutcome.CONFLICT)
         if report.outcome is ReportOutcome.NOT_FOUND:
             raise ApiError(404, f"no grading job with id {job_id_text!r}")
         if report.outcome is ReportOutcome.CONFLICT:

@@ -61,9 +61,15 @@ class HeartbeatHandler(APIHandler):
             worker = await services.reaper.revive(dead) if dead is not None else None
         if worker is None:
             raise ApiError(404, "unknown worker (never registered): register again")
-        if running is not None:
+        answer: dict[str, list[str]] = {}
+        if running:
             await services.reaper.reconcile(worker, running)
-        self.write_json({})
+            # Jobs cancelled while running: the grader kills their containers (the 2018 grader,
+            # which names no jobs, runs them to the end and has its report refused).
+            answer["abort"] = await services.store.jobs.cancelled_among(running)
+        elif running is not None:
+            await services.reaper.reconcile(worker, running)
+        self.write_json(answer)
 
     def _running_jobs(self) -> frozenset[str] | None:
         """Additive to the seed: `jobs`, the ids of the jobs the grader is running (a JSON list or
