@@ -1,6 +1,8 @@
 #!/bin/sh
-# Post-processing: read the roster of every student's job and summarize the run.
-roster=/job/roster.json
+# Post-processing: read every student's job and result and summarize the run.
+# /job/roster.json is the students list as submitted (what 2018-era images read);
+# /job/student_results.json adds each student's job id, status and result.
+roster=/job/student_results.json
 students=$(grep -c '"job_id"' "$roster")
 succeeded=$(grep -c '"status": "succeeded"' "$roster")
 failed=$(grep -c '"status": "failed"' "$roster")
