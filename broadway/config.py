@@ -30,6 +30,14 @@ class Config:
     worker_timeout: float | None = None
     max_attempts: int = 3
     log_level: str = "INFO"
+    # "text", or "json": one JSON object a line (broadway/logs.py).
+    log_format: str = "text"
+    # Bearer token GET /metrics requires; None: /metrics is open (scrapers on a trusted network).
+    metrics_token: str | None = None
+    # Seconds an idle keep-alive connection stays open: above the longest poll (--max-poll-wait,
+    # --poll-hold) and libcurl's reuse limit (118 s), so graders' kept-alive connections are not
+    # cut under them.
+    idle_connection_timeout: float = 150.0
     max_body_bytes: int = 16 * MiB
     max_result_bytes: int = 4 * MiB
     # Longest a poller may ask to wait for a job (seconds).
@@ -117,6 +125,8 @@ class Config:
             worker_timeout=args.worker_timeout,
             max_attempts=args.max_attempts,
             log_level=args.log_level.upper(),
+            log_format=args.log_format,
+            metrics_token=args.metrics_token or env.get("BROADWAY_METRICS_TOKEN") or None,
             max_body_bytes=args.max_body_mb * MiB,
             store_timeout_s=args.store_timeout,
             poll_hold=args.poll_hold,
@@ -196,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--callback-allow-networks",
         help="comma-separated networks callbacks may target, e.g. 10.0.0.0/8,192.0.2.0/24 (default: any "
         "but link-local and cloud metadata, which are always refused)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text, or json: one JSON object a line (time, level, logger, message, run_id/job_id/worker where known)",
+    )
+    p.add_argument(
+        "--metrics-token",
+        help="bearer token GET /metrics requires (env BROADWAY_METRICS_TOKEN; default: /metrics is open)",
     )
     p.add_argument(
         "--log-level",

@@ -11,6 +11,7 @@ import time
 
 from bson import ObjectId
 
+from broadway import metrics
 from broadway.config import Config
 from broadway.models import Job, Worker
 from broadway.scheduler import Scheduler
@@ -130,6 +131,7 @@ class Reaper:
             await self._after_reaping(reaped)
 
     async def _after_reaping(self, reaped: Reaped) -> None:
+        metrics.jobs_requeued(len(reaped.requeued))
         if reaped.requeued:
             self.scheduler.on_jobs_queued()
         for job in reaped.failed:

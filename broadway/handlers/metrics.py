@@ -12,7 +12,7 @@ from broadway.tokens import same_secret
 class MetricsHandler(APIHandler):
     async def get(self) -> None:
         """Open unless --metrics-token is set; then Authorization: Bearer <metrics token>."""
-        token = getattr(self.services.config, "metrics_token", None)
+        token = self.services.config.metrics_token
         if token and not same_secret(self.bearer_token(), token):
             self.set_header("WWW-Authenticate", 'Bearer realm="broadway-metrics"')
             raise ApiError(401, "a valid metrics token is required (Authorization: Bearer <metrics token>)")
