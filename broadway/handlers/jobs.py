@@ -10,6 +10,8 @@ import logging
 import socket
 import time
 import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
@@ -27,7 +29,24 @@ from broadway.tokens import digest
 log = logging.getLogger(__name__)
 
 
-class GradingJobPollHandler(APIHandler):
+@dataclass(frozen=True)
+class Claimer:
+    """Who a claim is for: the worker's ref, how logs name it, and its record when it was looked
+    up (a report that freed a slot of a non-legacy worker needs none: see JobStore.report)."""
+
+    ref: str
+    label: str
+    worker: Worker | None = None
+
+    @property
+    def legacy(self) -> bool:
+        return self.worker is not None and self.worker.legacy
+
+
+class JobHandOut(APIHandler):
+    """Claiming a job for a waiting grader and handing it out safely: what a poll does, and a
+    report that asks for the next job (`next=1`) does after recording its result."""
+
     _client_gone = False
 
     def on_connection_close(self) -> None:
@@ -35,14 +54,11 @@ class GradingJobPollHandler(APIHandler):
         # listening until the reaper noticed.
         self._client_gone = True
 
-    async def get(self) -> None:
-        """The next queued job, or 412 when the queue stayed empty (up to `wait` seconds, or
-        --poll-hold when the poll names no `wait`, as the 2018 grader's do)."""
-        wait = self._wait_seconds()
+    async def _claimer_with_free_slot(self, ref: str) -> Claimer:
+        """The worker, revived if it was declared dead; 404 if it never registered, 409 if all
+        its slots are taken."""
         services = self.services
-        worker_id = self.required_str("worker_id")
-        ref = digest(worker_id)
-        # Both lookups at once: this is the hottest path of the API.
+        # Both lookups at once: a poll's hottest part.
         worker, held = await asyncio.gather(services.store.workers.get(ref), services.store.jobs.count_held(ref))
         if worker is not None and not worker.alive:
             # Declared dead, yet polling: it is back (the 2018 grader never registers again).
@@ -51,20 +67,26 @@ class GradingJobPollHandler(APIHandler):
             raise ApiError(404, "unknown worker (never registered): register again")
         if held >= worker.slots:
             raise ApiError(409, f"this worker already runs {held} job(s) with {worker.slots} slot(s): report one first")
+        return Claimer(worker.ref, worker_label(worker), worker)
+
+    async def _next_job(self, claimer: Claimer, wait: float) -> Job | None:
+        """Claim the next queued job for `claimer`, waiting up to `wait` seconds for one; None if
+        none came, or the client hung up meanwhile."""
+        services = self.services
         deadline = time.monotonic() + wait
         while not self._poller_gone():
-            job = await services.store.jobs.claim_next(worker.ref)
+            job = await services.store.jobs.claim_next(claimer.ref, claimer.legacy)
             if job is not None:
-                await self._hand_out(job, worker)
-                return
+                return job
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             await services.jobs_signal.wait(min(remaining, services.config.poll_recheck_interval))
-        raise ApiError(412, "The queue is empty")
+        return None
 
-    async def _hand_out(self, job: Job, worker: Worker) -> None:
-        """Send a claimed job to its poller, or give it back if the poller is gone.
+    async def _hand_out(self, job: Job, claimer: Claimer, answer: Callable[[dict[str, Any]], Any]) -> bool:
+        """Send a claimed job (its payload wrapped by `answer`) to its poller, or give it back if
+        the poller is gone; whether it was delivered.
 
         The poller may hang up at any moment, and Tornado does not always tell: a close before
         the request was fully read never reaches on_connection_close, and a FIN the event loop
@@ -76,12 +98,12 @@ class GradingJobPollHandler(APIHandler):
         services = self.services
         delivered = False
         try:
-            if worker.legacy:
-                await services.reaper.hold_for_job(worker, job)
-            payload = json.dumps(await self._job_payload(job))
+            if claimer.worker is not None and claimer.legacy:
+                await services.reaper.hold_for_job(claimer.worker, job)
+            body = json.dumps(answer(await self._job_payload(job)))
             if not self._poller_gone():
                 self.set_status(200)
-                await self.finish(payload)
+                await self.finish(body)
                 delivered = True
         except StreamClosedError:
             pass
@@ -89,10 +111,8 @@ class GradingJobPollHandler(APIHandler):
             if not delivered:
                 await self._give_back(job)
         if delivered:
-            log.info("job %s (attempt %d) -> worker %s", job.id, job.attempts, worker_label(worker))
-        elif not self._finished:
-            # Nobody should be listening; should someone be, this is what a poll may answer.
-            raise ApiError(412, "The queue is empty")
+            log.info("job %s (attempt %d) -> worker %s", job.id, job.attempts, claimer.label)
+        return delivered
 
     async def _give_back(self, job: Job) -> None:
         services = self.services
@@ -174,11 +194,40 @@ def _peer_closed(sock: socket.socket | None) -> bool:
         return True  # reset
 
 
-class GradingJobReportHandler(APIHandler):
+class GradingJobPollHandler(JobHandOut):
+    async def get(self) -> None:
+        """The next queued job, or 412 when the queue stayed empty (up to `wait` seconds, or
+        --poll-hold when the poll names no `wait`, as the 2018 grader's do)."""
+        wait = self._wait_seconds()
+        claimer = await self._claimer_with_free_slot(digest(self.required_str("worker_id")))
+        job = await self._next_job(claimer, wait)
+        if job is not None and await self._hand_out(job, claimer, _as_is):
+            return
+        if not self._finished:
+            # Nobody should be listening (or the queue stayed empty); this is what a poll may answer.
+            raise ApiError(412, "The queue is empty")
+
+
+def _as_is(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
+
+
+class GradingJobReportHandler(JobHandOut):
     async def post(self, job_id_text: str) -> None:
-        """Record the result of a job that this worker holds; 409 (and no change) otherwise."""
+        """Record the result of a job that this worker holds; 409 (and no change) otherwise.
+
+        Additive to the seed: `next=1` asks for the next job in the same round trip. Once the
+        result is recorded the request goes on exactly as a poll (`wait` seconds, --poll-hold
+        when it names none; the same hand-out, never to a client that hung up), and the answer
+        carries the job a poll would have answered under "next", or null when the queue stayed
+        empty. The reported job's slot is free by then, so a 1-slot worker gets its next job.
+        When no job may be handed out (all slots still taken, or the worker unknown) "next" is
+        null at once and "next_refused" says why; the result stays recorded either way.
+        """
         worker_id = self.required_str("worker_id")
         job_id = parse_id(job_id_text)
+        wants_next = _bool_arg(self.arg("next"), "next", default=False)
+        wait = self._wait_seconds() if wants_next else 0.0
         result = self._result()
         success = _bool_arg(self.arg("success"), "success", default=True)
         attempt = self.arg("attempt")
@@ -230,7 +279,24 @@ class GradingJobReportHandler(APIHandler):
             assert report.job is not None
             log.info("job %s %s", report.job.id, report.job.status.value)
             await services.scheduler.job_finished(report.job)
-        self.write_json({"job_id": job_id_text, "duplicate": report.outcome is ReportOutcome.DUPLICATE})
+        answer = {"job_id": job_id_text, "duplicate": report.outcome is ReportOutcome.DUPLICATE}
+        if not wants_next:
+            self.write_json(answer)
+            return
+        if report.freed_slot and not report.claimed_legacy:
+            # It ran this job until now, so it is alive and one of its slots is free: no lookup.
+            claimer = Claimer(ref, f"? ({ref[:8]})")
+        else:
+            try:
+                claimer = await self._claimer_with_free_slot(ref)
+            except ApiError as e:
+                self.write_json({**answer, "next": None, "next_refused": e.message})
+                return
+        job = await self._next_job(claimer, wait)
+        if job is not None and await self._hand_out(job, claimer, lambda payload: {**answer, "next": payload}):
+            return
+        if not self._finished:
+            self.write_json({**answer, "next": None})
 
     def _result(self) -> str:
         value = self.arg("result")

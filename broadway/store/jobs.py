@@ -109,6 +109,11 @@ class ReportOutcome(enum.Enum):
 class Report:
     outcome: ReportOutcome
     job: Job | None
+    # RECORDED from a job the worker was running until this report (not one requeued from it
+    # meanwhile): the report freed one of its slots, and it is alive (it held a job a moment ago).
+    freed_slot: bool = False
+    # Whether that job's claim was a legacy grader's (see JobStore.claim_next).
+    claimed_legacy: bool = False
 
 
 @dataclass(frozen=True)
@@ -215,18 +220,23 @@ class JobStore:
             moved += result.modified_count
         return moved
 
-    async def claim_next(self, worker_ref: str) -> Job | None:
+    async def claim_next(self, worker_ref: str, legacy: bool = False) -> Job | None:
         """Atomically hand the first queued job to a worker, or None if the queue is empty.
 
         Each claim gets a fresh attempt id: a report must name it, so a result from an earlier
         attempt (a worker declared dead that comes back) can never overwrite the current one.
+        The filter is a range on queue_key, not `$exists`: nx-27017 answers `$gt` from the sparse
+        index but scans the whole collection for `$exists` (claims slowed with every finished
+        job kept). Queue keys are non-empty strings, so on MongoDB too `$gt: ""` matches exactly
+        the queued jobs. `claimed_legacy` remembers whether the claimer was a legacy grader, so
+        that a report-and-next from a non-legacy one needs no worker lookup (see report()).
         """
         doc = await self.jobs.find_one_and_update(
-            {"queue_key": {"$exists": True}},
+            {"queue_key": {"$gt": ""}},
             {
                 "$unset": {"queue_key": ""},
                 "$set": {"status": JobStatus.RUNNING.value, "worker": worker_ref, "holder": worker_ref,
-                         "attempt_id": secrets.token_hex(8), "started_at": time.time()},
+                         "attempt_id": secrets.token_hex(8), "started_at": time.time(), "claimed_legacy": legacy},
                 "$inc": {"attempts": 1},
             },
             sort=[("queue_key", ASCENDING)],
@@ -291,13 +301,18 @@ class JobStore:
         else:
             unset["error"] = ""
         kind = JobKind.SINGLE.value if ending is not None else {"$ne": JobKind.SINGLE.value}
-        doc = await self.jobs.find_one_and_update(
+        # The document before the update says which case matched (it was running under this
+        # worker, or requeued from it); the one after is that plus these top-level fields.
+        before = await self.jobs.find_one_and_update(
             {"_id": job_id, "kind": kind, "$or": [holds, held_last]},
             {"$set": fields, "$unset": unset},
-            return_document=ReturnDocument.AFTER,
+            return_document=ReturnDocument.BEFORE,
         )  # fmt: skip
-        if doc:
-            return Report(ReportOutcome.RECORDED, _job(doc))
+        if before:
+            after = {key: value for key, value in before.items() if key not in unset}
+            after.update(fields)
+            freed = before.get("holder") == worker_ref
+            return Report(ReportOutcome.RECORDED, _job(after), freed, bool(before.get("claimed_legacy", True)))
         current = await self.jobs.find_one({"_id": job_id})
         if current is None:
             return Report(ReportOutcome.NOT_FOUND, None)
