@@ -159,6 +159,14 @@ def start_chunk(run_id: ObjectId, number: int) -> str:
     return f"{run_id}:{number}"
 
 
+def only(value: str) -> dict[str, str]:
+    """An equality written as a one-value range, for the filter of an update or update_many:
+    nx-27017 scans the collection for an equality on an indexed field other than _id in those
+    (5.5 ms at 8k jobs, growing with every job kept) but answers the range from the index
+    (0.6 ms). On MongoDB it matches the same documents: the field always holds a string."""
+    return {"$gte": value, "$lte": value}
+
+
 async def count(collection: AsyncCollection, match: dict[str, Any]) -> int:
     """count_documents through aggregate: nx-27017 scans for count_documents, not for $match."""
     cursor = await collection.aggregate([{"$match": match}, {"$count": "n"}])
@@ -212,7 +220,7 @@ class JobStore:
         for chunk in range(-(-n_students // QUEUE_BATCH)):
             with pymongo.timeout(BULK_TIMEOUT_S):
                 result = await self.jobs.update_many(
-                    {"start_chunk": start_chunk(run_id, chunk), "status": JobStatus.CREATED.value},
+                    {"start_chunk": only(start_chunk(run_id, chunk)), "status": JobStatus.CREATED.value},
                     {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(),
                               "queue_key": fresh_key()},
                      "$unset": {"start_chunk": ""}},
@@ -301,18 +309,18 @@ class JobStore:
         else:
             unset["error"] = ""
         kind = JobKind.SINGLE.value if ending is not None else {"$ne": JobKind.SINGLE.value}
-        # The document before the update says which case matched (it was running under this
-        # worker, or requeued from it); the one after is that plus these top-level fields.
-        before = await self.jobs.find_one_and_update(
-            {"_id": job_id, "kind": kind, "$or": [holds, held_last]},
-            {"$set": fields, "$unset": unset},
-            return_document=ReturnDocument.BEFORE,
-        )  # fmt: skip
-        if before:
-            after = {key: value for key, value in before.items() if key not in unset}
-            after.update(fields)
-            freed = before.get("holder") == worker_ref
-            return Report(ReportOutcome.RECORDED, _job(after), freed, bool(before.get("claimed_legacy", True)))
+        # One case at a time, the usual one first: nx-27017 scans the whole collection for an
+        # `$or` beside the `_id` (3 ms at 3k jobs, growing as the run's jobs finish) and answers
+        # each case alone from `_id`. Each update is atomic on its own condition, so the outcome
+        # is one that the single `$or` could have had at the moment of the second.
+        update = {"$set": fields, "$unset": unset}
+        for case in (holds, held_last):
+            doc = await self.jobs.find_one_and_update(
+                {"_id": job_id, "kind": kind, **case}, update, return_document=ReturnDocument.AFTER
+            )
+            if doc:
+                freed = case is holds
+                return Report(ReportOutcome.RECORDED, _job(doc), freed, bool(doc.get("claimed_legacy", True)))
         current = await self.jobs.find_one({"_id": job_id})
         if current is None:
             return Report(ReportOutcome.NOT_FOUND, None)
@@ -390,7 +398,7 @@ class JobStore:
         """created/queued -> cancelled for every job of a run that has not started."""
         with pymongo.timeout(BULK_TIMEOUT_S):
             result = await self.jobs.update_many(
-                {"run_id": str(run_id), "status": {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}},
+                {"run_id": only(str(run_id)), "status": {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}},
                 {
                     "$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()},
                     "$unset": {"queue_key": ""},
@@ -402,7 +410,7 @@ class JobStore:
         """running -> cancelled; the graders' later reports for these jobs are refused (409)."""
         with pymongo.timeout(BULK_TIMEOUT_S):
             result = await self.jobs.update_many(
-                {"run_id": str(run_id), "status": JobStatus.RUNNING.value},
+                {"run_id": only(str(run_id)), "status": JobStatus.RUNNING.value},
                 {"$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}, "$unset": {"holder": ""}},
             )
         return result.modified_count
