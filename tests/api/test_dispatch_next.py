@@ -11,7 +11,7 @@ import urllib.parse
 from typing import Any
 
 from tests.conftest import MakeApi
-from tests.helpers import ApiClient, Response, eventually, run_config
+from tests.helpers import ApiClient, Response, eventually, run_config, stage
 
 
 async def report_next(
@@ -173,3 +173,40 @@ async def test_a_report_with_next_whose_client_hung_up_does_not_keep_the_job(mak
         assert student["status"] == "succeeded" and student["attempts"] == 1, student
     assert len(delivered) == len(runs)
     assert 0 < sum(1 for w in delivered.values() if w != keeper) < len(runs), "hang-ups on both sides of the hand-out"
+
+
+async def test_a_worker_declared_dead_that_reports_with_next_is_revived_and_served(make_api: MakeApi) -> None:
+    service = await make_api(worker_timeout=0.5)
+    api = ApiClient(service.url)
+    run_id = await api.submit_and_start(run_config(students=2))
+    worker = await api.register(slots=1)
+    job = (await api.poll(worker)).json
+    # Silent past its timeout: declared dead, its job back in the queue.
+    await eventually(lambda: api.status(run_id), lambda s: s["counts"]["queued"] == 2, timeout=10)
+    answer = await report_next(api, worker, job)
+    # The late result stands; the worker is alive again and gets the other job (not its own back).
+    assert answer.status == 200 and answer.json["duplicate"] is False, answer.body
+    other = answer.json["next"]
+    assert other is not None and other["job_id"] != job["job_id"]
+    assert (await api.heartbeat(worker)).status == 200
+    assert (await api.report(worker, other["job_id"], attempt=other["attempt"])).status == 200
+    assert (await eventually(lambda: api.status(run_id), lambda s: s["status"] != "running"))["status"] == "succeeded"
+
+
+async def test_a_legacy_grader_asking_for_next_gets_a_lease_for_the_next_jobs_deadline(make_api: MakeApi) -> None:
+    """A grader that registered without slots sends no heartbeat while it works: its next job's
+    claim holds its lease for that job's deadline, as a poll's does."""
+    service = await make_api(worker_timeout=0.5)
+    api = ApiClient(service.url)
+    short = await api.submit_and_start(run_config(students=1, student_pipeline=[stage(timeout=0.1)]))
+    long = await api.submit_and_start(run_config(students=1, student_pipeline=[stage(timeout=5)]))
+    worker = await api.register()  # no slots: a legacy grader
+    first = (await api.poll(worker)).json
+    assert first["grading_run_id"] == short
+    second = (await report_next(api, worker, first)).json["next"]
+    assert second["grading_run_id"] == long
+    # Past the first job's deadline (0.6 s) and two worker timeouts: still its job, not requeued.
+    await asyncio.sleep(1.5)
+    (student,) = (await api.status(long))["student_statuses"]
+    assert student["status"] == "running" and student["attempts"] == 1, student
+    assert (await api.report(worker, second["job_id"], attempt=second["attempt"])).json["duplicate"] is False
