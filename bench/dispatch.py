@@ -1,8 +1,11 @@
 """Dispatch throughput: jobs/s through the API against raw store claims/s, in the same run.
 
 16 simulated graders (asyncio tasks in this process, each with the grader's own GraderClient and
-so its kept-alive connections) register, heartbeat as the daemon does, poll and report to an API
-child process. The baseline uses the same nx-27017 server (a fresh database) through the store
+so its kept-alive connections) register and heartbeat as the daemon does, poll once, then report
+each job asking for the next in the same request (`next=1`: one round trip per job), to an API
+child process. The rate runs from the run's start to its last result recorded (the API's clock),
+not to the graders' last answer, which waits for a next job that never comes.
+The baseline uses the same nx-27017 server (a fresh database) through the store
 layer, without HTTP, 16 concurrent claimers, measured two ways:
   claim only         find_one_and_update on the queue, nothing else;
   claim + report     the claim and the result write: the two store writes every job needs
@@ -17,9 +20,9 @@ HTTP requests (every request the graders made, registration, heartbeats and fina
 included, over the jobs) and store operations (every command the API sent to the store during the
 timed runs, submit and start included, over the jobs; counted by a pymongo CommandListener inside
 the API process, which writes its counts to a file on SIGUSR1).
-Then the pickup latency of one idle long-polling grader: from the job's queued_at (the API's
-clock) to the job in the grader's hands (this process's clock, the same machine's), over
-single-job runs started one after another.
+Then the pickup latency of one idle grader long-polling in its last report's request: from the
+job's queued_at (the API's clock) to the job in the grader's hands (this process's clock, the
+same machine's), over single-job runs started one after another.
 
 Targets (printed, not asserted): ratio >= 0.6 against claim + report; jobs/s at 2,000 students
 within 10% of 200; pickup p50 <= 5 ms, p99 <= 20 ms.
