@@ -20,6 +20,10 @@ class OutputTail:
     def truncated(self) -> bool:
         return self.total > self.cap
 
+    def raw(self) -> bytes:
+        """The kept bytes (all of them while not truncated)."""
+        return bytes(self._buffer[-self.cap :]) if self.cap else b""
+
     def text(self) -> str:
         kept = bytes(self._buffer[-self.cap :]) if self.cap else b""
         body = kept.decode("utf-8", "replace")
