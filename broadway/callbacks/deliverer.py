@@ -21,7 +21,6 @@ at once); a delivery whose next attempt would fall past its `expires` is given u
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -39,6 +38,8 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_SCAN_INTERVAL_S = 0.5
 RETRY_BASE_S = 1.0
 RETRY_CAP_S = 600.0
+# The longest stop() waits for a task it cancelled.
+STOP_TIMEOUT_S = 5.0
 
 
 def retry_delay(attempt: int, base_s: float = RETRY_BASE_S, cap_s: float = RETRY_CAP_S) -> float:
@@ -72,6 +73,7 @@ class Deliverer:
         self._inflight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._store_down = False
+        self._stopping = False
 
     def start(self) -> None:
         """Start the loop on the running event loop."""
@@ -85,24 +87,27 @@ class Deliverer:
     async def stop(self, grace_s: float = 2.0) -> None:
         """Stop claiming; give sends in flight `grace_s` to finish, then cancel them (their
         leases run out and another process, or this one restarted, sends them again)."""
+        # The flag as well as the cancel: a cancel that lands inside a store call can be
+        # swallowed by the driver, and the loop must end anyway (it checks the flag each turn).
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
             self._task = None
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace_s)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                await asyncio.wait(pending, timeout=STOP_TIMEOUT_S)
         self.sender.close()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
-                while len(self._inflight) < self.concurrency:
+                while len(self._inflight) < self.concurrency and not self._stopping:
                     claimed = await self.store.claim_due(self.clock(), self.lease_s)
                     if claimed is None:
                         break
@@ -118,8 +123,13 @@ class Deliverer:
                 self._store_down = True
             except Exception:
                 log.exception("callbacks: claiming failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.scan_interval_s)
+            # A timer rather than asyncio.wait_for: on Python 3.11, cancelling a wait_for whose
+            # inner wait is completing at that moment can leave the task stuck (seen at stop).
+            timer = asyncio.get_running_loop().call_later(self.scan_interval_s, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

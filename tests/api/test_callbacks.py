@@ -463,3 +463,21 @@ def test_callback_secret_is_generated_once_kept_and_announced(
     assert f"Callbacks are signed with secret: {tokens.callback}" in capsys.readouterr().out
     configured = load_or_create(tmp_path, "c" * 40, "d" * 40, "my-secret")
     assert configured.callback == "my-secret" and "callback" not in configured.unconfigured
+
+
+async def test_stopping_a_deliverer_mid_claim_always_returns(store: Store, receiver: CallbackReceiver) -> None:
+    """A cancel landing inside a store call must not leave the API's stop hanging."""
+    url = receiver.script("/stop")
+    job_ids = [await add_job(store, url) for _ in range(5)]
+    for i in range(40):
+        for job_id in job_ids:  # due again, so every round has claims in progress
+            await store.deliveries.set_pending("job", job_id, url, time.time(), 3600.0)
+        sender = CallbackSender(SECRET, TargetPolicy(), timeout_s=1.0)
+        deliverer = Deliverer(store.deliveries, sender, scan_interval_s=0.01)
+        deliverer.start()
+        deliverer.notify()
+        await asyncio.sleep(0.002 * (i % 5))
+        # A grace long enough for sends in flight to end by themselves: this is about the claim.
+        stopping = asyncio.ensure_future(deliverer.stop(grace_s=5.0))
+        done, _ = await asyncio.wait({stopping}, timeout=8.0)
+        assert done, f"stop() hung on round {i}"
