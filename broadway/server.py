@@ -6,26 +6,22 @@ import asyncio
 import dataclasses
 import logging
 import signal
-import sys
 
 import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 
+from broadway import metrics
 from broadway.app import make_app
 from broadway.callbacks import Deliverer, make_deliverer
 from broadway.config import Config
 from broadway.embedded_store import EmbeddedStore, EmbeddedStoreError
 from broadway.handlers.base import Services
+from broadway.logs import configure_logging
 from broadway.store import connect
 from broadway.tokens import Tokens, load_or_create, load_or_create_callback_secret
 
 log = logging.getLogger(__name__)
-
-# Above the longest poll hold (60 s), so that a grader's kept-alive connection is not closed
-# under it, and below what clients wait on an idle connection before reusing it.
-IDLE_CONNECTION_TIMEOUT_S = 75.0
-
 
 def announce_tokens(tokens: Tokens, config: Config) -> None:
     """Show the operator the tokens they did not configure (printed, never logged)."""
@@ -76,7 +72,7 @@ class ApiService:
             app,
             max_body_size=config.max_body_bytes * 4,
             xheaders=True,
-            idle_connection_timeout=IDLE_CONNECTION_TIMEOUT_S,
+            idle_connection_timeout=config.idle_connection_timeout,
         )
         sockets = tornado.netutil.bind_sockets(config.port, config.host)
         self.port = sockets[0].getsockname()[1]
@@ -109,9 +105,7 @@ class ApiService:
 
 
 def run(config: Config) -> int:
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(config.log_level, config.log_format)
     tokens = load_or_create(config.data_dir, config.cluster_token, config.client_token, config.callback_secret)
     embedded = None
     mongo_url = config.mongo_url
@@ -167,6 +161,7 @@ class StoreWatchdog:
             await asyncio.to_thread(self.embedded.wait_ready, 20.0)
             self._failed = False
             log.info("the embedded store is back")
+            metrics.embedded_store_restarted()
         except (EmbeddedStoreError, OSError) as e:
             self._failed = True
             log.error("could not restart the embedded store: %s; retrying", e)

@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import Callable
 
+from broadway import metrics
 from broadway.callbacks.bodies import encode, job_body, run_body
 from broadway.callbacks.sender import AttemptResult, CallbackSender, Outcome
 from broadway.callbacks.targets import host_for_log
@@ -161,6 +162,7 @@ class Deliverer:
         if body is None:
             body = new_body = await self._build_body(claimed)
         result = await self.sender.send(claimed.url, body.encode(), claimed.delivery_id, claimed.attempt)
+        metrics.callback_attempt(result.outcome.value, result.duration_s)
         at = self.clock()
         await self.store.record_attempt(
             claimed, at, result.duration_s, result.outcome.value, result.status_code, result.error
