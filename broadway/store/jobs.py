@@ -46,6 +46,8 @@ ACTIVE = [JobStatus.CREATED.value, JobStatus.QUEUED.value, JobStatus.RUNNING.val
 
 
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+# What a recorded report reads back: the job without the parts it does not need.
+RECORDED_FIELDS = {"stages": 0, "result": 0}
 
 
 def queue_key(priority: str, job_id: ObjectId | None = None) -> str:
@@ -288,6 +290,7 @@ class JobStore:
         matches, and a single one answers WRONG_KIND so that the caller decides its ending.
         The same report again finds the job finished with the same fingerprint: DUPLICATE, no change.
         Anything else is a CONFLICT and changes nothing.
+        A RECORDED job comes back without its stages (RECORDED_FIELDS): nothing after a report needs them.
         """
         holds: dict[str, Any] = {"holder": worker_ref}
         held_last: dict[str, Any] = {"status": JobStatus.QUEUED.value, "worker": worker_ref}
@@ -315,10 +318,12 @@ class JobStore:
         # is one that the single `$or` could have had at the moment of the second.
         update = {"$set": fields, "$unset": unset}
         for case in (holds, held_last):
+            # Not the stages nor the result (up to --max-result-bytes) back: the caller has the result.
             doc = await self.jobs.find_one_and_update(
-                {"_id": job_id, "kind": kind, **case}, update, return_document=ReturnDocument.AFTER
+                {"_id": job_id, "kind": kind, **case}, update, RECORDED_FIELDS, return_document=ReturnDocument.AFTER
             )
             if doc:
+                doc["result"] = result
                 freed = case is holds
                 return Report(ReportOutcome.RECORDED, _job(doc), freed, bool(doc.get("claimed_legacy", True)))
         current = await self.jobs.find_one({"_id": job_id})
