@@ -59,6 +59,12 @@ class Config:
     callback_secret: str | None = None
     callback_max_age_s: float = 24 * 3600.0
     callback_allow_networks: tuple[str, ...] = ()
+    # JWT bearer tokens (a second way in, for LMSs): an HS256 secret, or the path of an RS256/ES256
+    # public key PEM or of a JWKS file; None: JWTs are not accepted. Audience and issuer, when
+    # set, must match the token's aud and iss.
+    jwt_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
 
     @property
     def effective_worker_timeout(self) -> float:
@@ -112,6 +118,14 @@ class Config:
                 problems.append(f"--callback-allow-networks: {network!r} is not a network (e.g. 10.0.0.0/8)")
         if not 0 <= args.port <= 65535:
             problems.append("--port must be between 0 and 65535")
+        jwt_key = args.jwt_key or env.get("BROADWAY_JWT_KEY") or None
+        if jwt_key:
+            from broadway.auth import JwtKeyError, load_jwt_verifier
+
+            try:
+                load_jwt_verifier(jwt_key, args.jwt_audience, args.jwt_issuer)  # a bad key fails the start
+            except JwtKeyError as e:
+                problems.append(str(e))
         if problems:
             build_parser().error("; ".join(problems))
         return cls(
@@ -136,6 +150,9 @@ class Config:
             callback_max_age_s=args.callback_max_age,
             max_files_bytes=args.max_files_mb * MiB,
             callback_allow_networks=allow_networks,
+            jwt_key=jwt_key,
+            jwt_audience=args.jwt_audience or None,
+            jwt_issuer=args.jwt_issuer or None,
         )
 
 
@@ -217,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-token",
         help="bearer token GET /metrics requires (env BROADWAY_METRICS_TOKEN; default: /metrics is open)",
     )
+    p.add_argument(
+        "--jwt-key",
+        help="accept JWT bearer tokens signed with this: an HS256 secret (32+ characters), or the path of an "
+        "RS256/ES256 public key PEM or a JWKS file (env BROADWAY_JWT_KEY); claim tenantId names the course, sub the "
+        "subject",
+    )
+    p.add_argument("--jwt-audience", help="the aud every JWT must carry (default: aud not checked)")
+    p.add_argument("--jwt-issuer", help="the iss every JWT must carry (default: iss not checked)")
     p.add_argument(
         "--log-level",
         default="INFO",

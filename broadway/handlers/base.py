@@ -1,24 +1,42 @@
-"""The base of every API handler: argument decoding, JSON errors, authentication."""
+"""The base of every API handler: argument decoding, JSON errors, authentication and authorization.
+
+Authorization is deny by default, in the style of JupyterHub's @needs_scope: before a handler
+method runs, prepare() looks for what the method (or its class) declared --
+- @needs_scope(Scope.RUNS) etc.: a client caller (admin, course token, JWT subject) holding the scope;
+  the caller is then `self.caller`, and resources it does not own answer 404 (`self.owned(...)`);
+- @public: anyone (health, the OpenAPI document);
+- the class attribute `access = SELF_AUTHENTICATED`: the handler checks credentials of its own
+  (graders' worker ids and cluster token, the metrics token).
+A method that declares nothing answers 401 without a valid token and 403 with one: forgetting the
+declaration locks the endpoint instead of opening it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, TypeVar
 
 import tornado.web
 
+from broadway.auth import Authenticator, AuthError, load_jwt_verifier
 from broadway.callbacks.deliverer import Deliverer
 from broadway.config import Config
+from broadway.courses import DEFAULT_COURSE, Caller, Owner, Scope
 from broadway.dispatch import JobSignal
 from broadway.liveness import Reaper
 from broadway.models import Worker
 from broadway.redaction import redact
 from broadway.scheduler import Scheduler
 from broadway.store import Store, StoreUnavailable
-from broadway.tokens import Tokens, digest, same_secret
+from broadway.store.courses import CourseStore
+from broadway.store.rate_limits import RateLimitStore
+from broadway.tokens import Tokens, digest
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +44,35 @@ log = logging.getLogger(__name__)
 PARSE_IN_THREAD_BYTES = 256 * 1024
 
 _MISSING = object()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# What a handler may declare instead of a scope (see the module docstring).
+PUBLIC = "public"
+SELF_AUTHENTICATED = "self-authenticated"
+_ACCESS_ATTR = "_broadway_access"
+
+
+def needs_scope(scope: Scope) -> Callable[[F], F]:
+    """Declare that a handler method needs a client caller holding `scope`."""
+
+    def mark(method: F) -> F:
+        setattr(method, _ACCESS_ATTR, scope)
+        return method
+
+    return mark
+
+
+def public(method: F) -> F:
+    """Declare that a handler method needs no credentials at all."""
+    setattr(method, _ACCESS_ATTR, PUBLIC)
+    return method
+
+
+def declared_access(handler_class: type, method_name: str) -> Scope | str | None:
+    """What a handler class's method declared: a Scope, PUBLIC, SELF_AUTHENTICATED, or None (denied)."""
+    method = getattr(handler_class, method_name, None)
+    return getattr(method, _ACCESS_ATTR, None) or getattr(handler_class, "access", None)
 
 
 async def parse_json(text: str | bytes, what: str) -> Any:
@@ -54,6 +101,23 @@ class Services:
     # the server starts it (and in apps built without one).
     deliverer: Deliverer | None = None
 
+    # Built on first use (make_app builds Services without them); cached_property writes the
+    # instance dict directly, which a frozen dataclass allows.
+    @cached_property
+    def courses(self) -> CourseStore:
+        return CourseStore(self.store.db)
+
+    @cached_property
+    def rate_limits(self) -> RateLimitStore:
+        return RateLimitStore(self.store.db)
+
+    @cached_property
+    def authenticator(self) -> Authenticator:
+        config = self.config
+        # The key was read and checked once at start (Config.from_args); this reads it again, once.
+        verifier = load_jwt_verifier(config.jwt_key, config.jwt_audience, config.jwt_issuer)
+        return Authenticator(self.tokens.client, self.courses, verifier)
+
 
 class ApiError(tornado.web.HTTPError):
     """An expected failure: answered as {"error": message} with the status code."""
@@ -66,10 +130,14 @@ class ApiError(tornado.web.HTTPError):
 class APIHandler(tornado.web.RequestHandler):
     services: Services
     _json_body: Any
+    _caller: Caller | None
+    # A whole handler's declaration (SELF_AUTHENTICATED, PUBLIC); None: each method declares.
+    access: str | None = None
 
     def initialize(self) -> None:
         self.services = self.settings["services"]
         self._json_body = _MISSING
+        self._caller = None
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -83,6 +151,7 @@ class APIHandler(tornado.web.RequestHandler):
         length = len(self.request.body)
         if length > (limit := self.body_limit()):
             raise ApiError(413, f"request body is {length} bytes; the limit is {limit}")
+        await self.authorize()
         if self._looks_like_json():
             self._json_body = await parse_json(self.request.body, "request body")
 
@@ -130,11 +199,63 @@ class APIHandler(tornado.web.RequestHandler):
             return token.strip()
         return None
 
-    def require_client(self) -> None:
-        """Client endpoints: Authorization: Bearer <client token>, else 401."""
-        if not same_secret(self.bearer_token(), self.services.tokens.client):
+    async def authorize(self) -> None:
+        """Deny by default: let the request through only as its method (or class) declared."""
+        method = (self.request.method or "").lower()
+        if method.upper() not in self.allowed_methods():
+            return  # Tornado answers 405 for it
+        access = declared_access(type(self), method)
+        if access in (PUBLIC, SELF_AUTHENTICATED):
+            return
+        caller = await self._resolve_caller()
+        if not isinstance(access, Scope):
+            log.error("%s.%s declares no access: refused", type(self).__name__, method)
+            raise ApiError(403, "this endpoint grants access to no one")
+        if access not in caller.scopes:
+            raise ApiError(403, f"{caller.kind.value} tokens cannot use this endpoint (it needs {access.value!r})")
+        self._caller = caller
+
+    async def _resolve_caller(self) -> Caller:
+        try:
+            return await self.services.authenticator.caller(self.bearer_token())
+        except AuthError as e:
             self.set_header("WWW-Authenticate", 'Bearer realm="broadway"')
-            raise ApiError(401, "a valid client token is required (Authorization: Bearer <client token>)")
+            raise ApiError(401, str(e)) from None
+
+    @property
+    def caller(self) -> Caller:
+        """Who is calling (set by authorize() for a method with @needs_scope)."""
+        if self._caller is None:
+            raise RuntimeError(f"{type(self).__name__} uses self.caller without @needs_scope")
+        return self._caller
+
+    def owned(self, owner: Owner | None, not_found: str) -> None:
+        """404 (never 403: existence is not leaked) unless the caller may see a resource of this owner."""
+        if owner is None or not self.caller.sees(owner):
+            raise ApiError(404, not_found)
+
+    async def admit_submission(self) -> None:
+        """The caller's course's token bucket: one submission's token, or 429 with Retry-After
+        before anything is stored. Courses without a `rate` (and the default course) are not limited."""
+        course_name = self.caller.course
+        if course_name == DEFAULT_COURSE:
+            return
+        course = await self.services.courses.get(course_name)
+        if course is None or course.rate is None:
+            return
+        take = await self.services.rate_limits.take(course_name, course.rate)
+        if not take.allowed:
+            retry_after = max(1, math.ceil(take.retry_after_s))
+            self.set_header("Retry-After", str(retry_after))
+            raise ApiError(
+                429,
+                f"course {course_name} submits at most {course.rate.per_second:g} a second (burst "
+                f"{course.rate.burst}): try again in {retry_after} s",
+            )
+
+    def course_of_caller(self) -> str:
+        """The course a caller's course-wide resources (assignments) live in; the admin's is the default."""
+        return self.caller.course if self._caller is not None else DEFAULT_COURSE
 
     async def require_worker(self, worker_id: str) -> Worker:
         """Grader endpoints: a registered, live worker_id, else 404 so that the grader registers again."""

@@ -6,11 +6,12 @@ from functools import cache
 from importlib import resources
 
 from broadway import __version__
-from broadway.handlers.base import APIHandler
+from broadway.handlers.base import APIHandler, public
 from broadway.store import StoreUnavailable
 
 
 class HealthHandler(APIHandler):
+    @public
     async def get(self) -> None:
         """200 when the store answers, 503 (with the reason) when it does not."""
         services = self.services
@@ -30,6 +31,7 @@ def openapi_document() -> bytes:
 
 
 class OpenApiHandler(APIHandler):
+    @public
     async def get(self) -> None:
         self.set_header("Content-Type", "application/yaml; charset=UTF-8")
         self.finish(openapi_document())

@@ -5,11 +5,14 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from broadway import metrics
-from broadway.handlers.base import ApiError, APIHandler
+from broadway.handlers.base import SELF_AUTHENTICATED, ApiError, APIHandler
 from broadway.tokens import same_secret
 
 
 class MetricsHandler(APIHandler):
+    # Its own --metrics-token (scrapers are not clients), or open when none is set.
+    access = SELF_AUTHENTICATED
+
     async def get(self) -> None:
         """Open unless --metrics-token is set; then Authorization: Bearer <metrics token>."""
         token = self.services.config.metrics_token
