@@ -17,6 +17,7 @@ from typing import Any
 from bson import ObjectId
 
 from broadway.callbacks.targets import CallbackTargetError, TargetPolicy, check_callback_url
+from broadway.courses import Owner
 from broadway.models import Job, JobKind, JobStatus, Run, RunStatus
 from broadway.store import Store
 from broadway.store.ids import new_id
@@ -64,8 +65,9 @@ class Scheduler:
         # server points it at Deliverer.notify once the deliverer runs.
         self.on_callback_due: Callable[[], None] = lambda: None
 
-    async def submit(self, config: Any) -> Run:
-        """Store a new run (status `created`) with all its jobs; raises SubmissionError."""
+    async def submit(self, config: Any, owner: Owner | None = None) -> Run:
+        """Store a new run (status `created`) with all its jobs, owned by `owner` (the default
+        course when None); raises SubmissionError."""
         callback_url = config.get("callback_url") if isinstance(config, dict) else None
         if callback_url is not None:
             try:
@@ -77,7 +79,7 @@ class Scheduler:
         # with some of its jobs missing.
         await self.store.jobs.insert_many(prepared.jobs)
         run = await self.store.runs.insert(
-            prepared.run_id, prepared.n_students, prepared.pre_job_id, prepared.post_job_id, callback_url
+            prepared.run_id, prepared.n_students, prepared.pre_job_id, prepared.post_job_id, callback_url, owner
         )
         log.info("run %s submitted: %d students", run.id, run.n_students)
         return run

@@ -46,9 +46,14 @@ class SingleJobs:
         self.store = store
         self.callback_policy = TargetPolicy.from_strings(config.callback_allow_networks)
 
-    async def submit(self, submission: Submission, course: str, idempotency_key: str | None = None) -> Submitted:
+    async def submit(
+        self, submission: Submission, course: str, idempotency_key: str | None = None, subject: str | None = None
+    ) -> Submitted:
         """Check a submission, store its files and its job (queued); raises SubmissionError
-        (400) or SubmissionConflict (409). A repeated Idempotency-Key gives the first job."""
+        (400) or SubmissionConflict (409). A repeated Idempotency-Key gives the first job.
+
+        The job is owned by the course, and by `subject` too when a JWT subject submitted it.
+        """
         assignment = None
         if submission.assignment is not None:
             assignment = await self.store.assignments.get(course, submission.assignment)
@@ -58,8 +63,10 @@ class SingleJobs:
         job_id = str(new_id())
         if idempotency_key is not None:
             try:
+                # Keys are the owner's: two subjects' equal keys are two jobs, neither sees the other.
+                scope = course if subject is None else f"{course}/subject:{subject}"
                 reservation = await self.store.idempotency.reserve(
-                    course, idempotency_key, submission.fingerprint(), job_id
+                    scope, idempotency_key, submission.fingerprint(), job_id
                 )
             except IdempotencyConflict:
                 raise SubmissionConflict(
@@ -78,6 +85,7 @@ class SingleJobs:
                 NewSingleJob(
                     job_id=job_id,
                     course=course,
+                    subject=subject,
                     stages=stages,
                     files=files,
                     exercise=submission.exercise,

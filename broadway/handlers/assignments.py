@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from broadway.assignments import Recipe, check_recipe
-from broadway.handlers.base import ApiError, APIHandler
+from broadway.courses import Scope
+from broadway.handlers.base import ApiError, APIHandler, needs_scope
 from broadway.validation import SubmissionError
 
-# Until courses exist every client is in this one.
-DEFAULT_COURSE = "default"
+# Assignments are a course's: each is found by (the caller's course, name), so another course's
+# assignment of the same name is simply not there (404). The admin's course is the default one.
 
 
 class AssignmentBase(APIHandler):
@@ -26,17 +27,17 @@ class AssignmentBase(APIHandler):
 
 
 class AssignmentsHandler(AssignmentBase):
+    @needs_scope(Scope.ASSIGNMENTS)
     async def get(self) -> None:
         """Every assignment of the caller's course."""
-        self.require_client()
-        assignments = await self.services.store.assignments.list(DEFAULT_COURSE)
+        assignments = await self.services.store.assignments.list(self.course_of_caller())
         self.write_json({"assignments": [a.public() for a in assignments]})
 
+    @needs_scope(Scope.ASSIGNMENTS)
     async def post(self) -> None:
         """Save a new assignment: 201; 409 if the name is taken (PUT replaces)."""
-        self.require_client()
         recipe = self.recipe_from_body()
-        created = await self.services.store.assignments.create(DEFAULT_COURSE, recipe)
+        created = await self.services.store.assignments.create(self.course_of_caller(), recipe)
         if created is None:
             raise ApiError(
                 409, f"an assignment named {recipe.name!r} exists; PUT /api/v1/assignments/{recipe.name} replaces it"
@@ -46,23 +47,23 @@ class AssignmentsHandler(AssignmentBase):
 
 
 class AssignmentHandler(AssignmentBase):
+    @needs_scope(Scope.ASSIGNMENTS)
     async def get(self, name: str) -> None:
-        self.require_client()
-        assignment = await self.services.store.assignments.get(DEFAULT_COURSE, name)
+        assignment = await self.services.store.assignments.get(self.course_of_caller(), name)
         if assignment is None:
             raise ApiError(404, f"no assignment named {name!r}")
         self.write_json(assignment.public())
 
+    @needs_scope(Scope.ASSIGNMENTS)
     async def put(self, name: str) -> None:
         """Create or replace: 201 or 200. Jobs already submitted keep the stages they were given."""
-        self.require_client()
         recipe = self.recipe_from_body(name)
-        assignment, created = await self.services.store.assignments.put(DEFAULT_COURSE, recipe)
+        assignment, created = await self.services.store.assignments.put(self.course_of_caller(), recipe)
         self.write_json(assignment.public(), status=201 if created else 200)
 
+    @needs_scope(Scope.ASSIGNMENTS)
     async def delete(self, name: str) -> None:
-        self.require_client()
-        if not await self.services.store.assignments.delete(DEFAULT_COURSE, name):
+        if not await self.services.store.assignments.delete(self.course_of_caller(), name):
             raise ApiError(404, f"no assignment named {name!r}")
         self.write_json({"name": name, "deleted": True})
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import tornado.web
 
-from broadway.handlers.base import ApiError, APIHandler
+from broadway.courses import CallerKind, Owner, Scope
+from broadway.handlers.base import APIHandler, needs_scope
 from broadway.store.summary import SummaryStore
 
 # The summary is computed at most this often per process, however many dashboards poll it.
@@ -102,24 +103,40 @@ class DashboardSummary:
 
 
 class SummaryHandler(APIHandler):
+    @needs_scope(Scope.SUMMARY)
     async def get(self) -> None:
-        """Queues, workers, runs with counts, recent single jobs: the dashboard's one poll."""
-        self.require_client()
+        """Queues, workers, runs with counts, recent single jobs: the dashboard's one poll.
+        A course token sees its course's runs, jobs and queue (and the graders' capacity)."""
         dashboard: DashboardSummary = self.settings["dashboard"]
-        self.write_json(await dashboard.get())
+        summary = await dashboard.get()
+        if self.caller.kind is not CallerKind.ADMIN:
+            summary = for_course(summary, self.caller.course)
+        self.write_json(summary)
 
 
 class DashboardJobHandler(APIHandler):
+    @needs_scope(Scope.SUMMARY)
     async def get(self, job_id_text: str) -> None:
         """One job for the job page: its fields and each stage's exit code and output tail."""
-        self.require_client()
         dashboard: DashboardSummary = self.settings["dashboard"]
         job = await dashboard.summary.job(job_id_text)
-        if job is None:
-            raise ApiError(404, f"no job with id {job_id_text[:40]!r}")
+        owner = Owner(course=job["course"], subject=job.get("subject")) if job else None
+        self.owned(owner, f"no job with id {job_id_text[:40]!r}")
+        assert job is not None
         result = job.pop("result")
         job["stages"], job["result_text"] = await stage_results(result)
         self.write_json(job)
+
+
+def for_course(summary: dict[str, Any], course: str) -> dict[str, Any]:
+    """The shared summary cut down to one course's runs, single jobs and queue.
+    Workers (names, slots, what is running where) are the deployment's: a course sees totals only."""
+    return summary | {
+        "queues": [q for q in summary["queues"] if q.get("course") == course],
+        "workers": [],
+        "runs": [r for r in summary["runs"] if r.get("course") == course],
+        "single_jobs": [j for j in summary["single_jobs"] if j.get("course") == course],
+    }
 
 
 async def stage_results(result: str | None) -> tuple[list[dict[str, Any]], str | None]:

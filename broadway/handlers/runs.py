@@ -11,7 +11,8 @@ from typing import Any
 from bson import ObjectId
 from tornado.iostream import IOStream, StreamClosedError
 
-from broadway.handlers.base import ApiError, APIHandler, parse_json
+from broadway.courses import Scope
+from broadway.handlers.base import ApiError, APIHandler, needs_scope, parse_json
 from broadway.models import Job, JobStatus, Run
 from broadway.store import parse_id
 from broadway.store.run_pages import PAGE_SIZE, PipelineJobs
@@ -23,12 +24,15 @@ _COUNT = re.compile(r"[0-9]{1,12}")
 
 
 class GradingRunsHandler(APIHandler):
+    @needs_scope(Scope.RUNS)
     async def post(self) -> None:
-        """Submit a run: {"json_payload": "<config as a JSON string>"}, or the config object as the body."""
-        self.require_client()
+        """Submit a run: {"json_payload": "<config as a JSON string>"}, or the config object as the body.
+        It is the caller's (its course's, and its subject's for a JWT); a run takes one token of
+        the course's rate."""
         config = await self._config_from_request()
+        await self.admit_submission()
         try:
-            run = await self.services.scheduler.submit(config)
+            run = await self.services.scheduler.submit(config, self.caller.owner)
         except SubmissionError as e:
             raise ApiError(400, f"invalid grading run: {e}") from None
         self.write_json({"id": run.id})
@@ -49,18 +53,20 @@ class RunHandler(APIHandler):
     """Base of the handlers of one run, found by the id in the path."""
 
     async def _run(self, run_id_text: str) -> tuple[Run, ObjectId]:
+        """The run, if the caller may see it; 404 otherwise (whether or not it exists)."""
         run_id = parse_id(run_id_text)
-        run = await self.services.store.runs.get(run_id) if run_id else None
-        if run is None or run_id is None:
-            raise ApiError(404, f"no grading run with id {run_id_text!r}")
-        return run, run_id
+        found = await self.services.store.runs.get_owned(run_id) if run_id else None
+        not_found = f"no grading run with id {_short(run_id_text)!r}"
+        self.owned(found[1] if found else None, not_found)
+        assert found is not None and run_id is not None
+        return found[0], run_id
 
 
 class GradingRunHandler(RunHandler):
+    @needs_scope(Scope.RUNS)
     async def get(self, run_id_text: str) -> None:
         """A run's status: every job (the seed's shape, plus run status, counts and results),
         `?summary=1` for the status and counts alone, `?offset=&limit=` for one page of students."""
-        self.require_client()
         query = self._status_query()
         run, _ = await self._run(run_id_text)
         pages = self.services.store.run_pages
@@ -123,9 +129,9 @@ class GradingRunHandler(RunHandler):
         except StreamClosedError:
             pass  # the client hung up; nothing more to send
 
+    @needs_scope(Scope.RUNS)
     async def post(self, run_id_text: str) -> None:
         """Start the run: queue its pre-processing job, or its student jobs."""
-        self.require_client()
         run, run_id = await self._run(run_id_text)
         started = await self.services.scheduler.start(run_id)
         if started is None:
@@ -134,9 +140,9 @@ class GradingRunHandler(RunHandler):
 
 
 class CancelRunHandler(RunHandler):
+    @needs_scope(Scope.RUNS)
     async def post(self, run_id_text: str) -> None:
         """Cancel a run: jobs not finished are cancelled; graders' reports for them are refused."""
-        self.require_client()
         run, run_id = await self._run(run_id_text)
         cancelled = await self.services.scheduler.cancel(run_id)
         if cancelled is None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from broadway import submissions
-from broadway.handlers.base import ApiError, APIHandler
+from broadway.courses import Scope
+from broadway.handlers.base import ApiError, APIHandler, needs_scope
 from broadway.models import Job, JobStatus
 from broadway.single_jobs import SingleJobs, SubmissionConflict, output_of, status_of
 from broadway.store.idempotency import MAX_KEY_LENGTH
@@ -13,8 +14,6 @@ from broadway.store.single_jobs import Change
 from broadway.submissions import Submission
 from broadway.validation import SubmissionError
 
-# Until courses exist every client is in this one (see handlers/assignments.py).
-DEFAULT_COURSE = "default"
 # base64 makes files 4/3 larger, and a form or JSON wraps them.
 _ENCODING_ROOM = 1.4
 
@@ -39,9 +38,11 @@ class SubmissionHandler(APIHandler):
         key = self.request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
             raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+        await self.admit_submission()
         lifecycle = SingleJobs(self.services.config, self.services.store)
+        owner = self.caller.owner
         try:
-            submitted = await lifecycle.submit(submission, DEFAULT_COURSE, key)
+            submitted = await lifecycle.submit(submission, owner.course, key, owner.subject)
         except SubmissionError as e:
             raise ApiError(400, f"invalid submission: {e}") from None
         except SubmissionConflict as e:
@@ -52,10 +53,10 @@ class SubmissionHandler(APIHandler):
 
 
 class JobsHandler(SubmissionHandler):
+    @needs_scope(Scope.JOBS)
     async def post(self) -> None:
         """Submit one student's work: 201 {"id", "status", "work_id"}; the same Idempotency-Key
         again gives the first job (200)."""
-        self.require_client()
         job, created = await self.submit(self.submission_from_request())
         self.set_header("Location", f"/api/v1/job/{job.id}")
         if not created:
@@ -65,9 +66,9 @@ class JobsHandler(SubmissionHandler):
 
 
 class GradeHandler(SubmissionHandler):
+    @needs_scope(Scope.JOBS)
     async def post(self) -> None:
         """correctomatic's POST /grade (multipart: work_id, assignment_id, callback, file, param...)."""
-        self.require_client()
         job, _ = await self.submit(self.submission_from_request())
         self.write_json({"success": True, "message": f"job {job.id} queued", "job_id": job.id})
 
@@ -76,25 +77,26 @@ class OneJobHandler(SubmissionHandler):
     """Base of the handlers of one single job, found by the id in the path."""
 
     async def single_job(self, job_id: str) -> tuple[Job, dict[str, str]]:
-        found = await self.services.store.single_jobs.get(job_id)
-        if found is None:
-            raise ApiError(404, f"no job with id {job_id!r}")
-        return found
+        """The job, if the caller may see it; 404 otherwise (whether or not it exists)."""
+        found = await self.services.store.single_jobs.get_owned(job_id)
+        self.owned(found[2] if found else None, f"no job with id {job_id[:40]!r}")
+        assert found is not None
+        return found[0], found[1]
 
 
 class JobHandler(OneJobHandler):
+    @needs_scope(Scope.JOBS)
     async def get(self, job_id: str) -> None:
         """The job's status and, once it succeeded, its output (else `output` is null)."""
-        self.require_client()
         job, _ = await self.single_job(job_id)
         body = status_of(job)
         body["output"] = output_of(job) if job.status is JobStatus.SUCCEEDED else None
         body["delivery"] = await self.services.store.deliveries.delivery_state("job", job.id)
         self.write_json(body)
 
+    @needs_scope(Scope.JOBS)
     async def patch(self, job_id: str) -> None:
         """Change files, params, priority or callback while the job is queued; 409 once it runs."""
-        self.require_client()
         job, _ = await self.single_job(job_id)
         change = await self._change(job)
         changed = await self.services.store.single_jobs.change_queued(job.id, change)
@@ -145,9 +147,9 @@ class JobHandler(OneJobHandler):
             callback_url=(merged.callback_url or "") if "callback_url" in body else None,
         )
 
+    @needs_scope(Scope.JOBS)
     async def delete(self, job_id: str) -> None:
         """Cancel: a queued job at once, a running one's grader kills it within a heartbeat."""
-        self.require_client()
         job, _ = await self.single_job(job_id)
         cancelled = await self.services.store.single_jobs.cancel(job.id, self.services.config.callback_max_age_s)
         if cancelled is None:
@@ -158,16 +160,16 @@ class JobHandler(OneJobHandler):
 
 
 class JobStatusHandler(OneJobHandler):
+    @needs_scope(Scope.JOBS)
     async def get(self, job_id: str) -> None:
-        self.require_client()
         job, _ = await self.single_job(job_id)
         self.write_json(status_of(job))
 
 
 class JobOutputHandler(OneJobHandler):
+    @needs_scope(Scope.JOBS)
     async def get(self, job_id: str) -> None:
         """The result once succeeded; 404 for failed/cancelled (it will never exist); 409 before."""
-        self.require_client()
         job, _ = await self.single_job(job_id)
         if job.status is JobStatus.SUCCEEDED:
             self.write_json(output_of(job))
@@ -181,9 +183,9 @@ class JobOutputHandler(OneJobHandler):
 
 
 class JobDeliveriesHandler(OneJobHandler):
+    @needs_scope(Scope.JOBS)
     async def get(self, job_id: str) -> None:
         """Every attempt to deliver the job's callback: time, status code or error."""
-        self.require_client()
         job, _ = await self.single_job(job_id)
         attempts = await self.services.store.deliveries.attempts_for(job.id)
         state = await self.services.store.deliveries.delivery_state("job", job.id)

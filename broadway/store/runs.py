@@ -9,6 +9,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from broadway.courses import Owner
 from broadway.models import Run, RunStatus
 from broadway.store.deliveries import pending_delivery_fields
 
@@ -39,8 +40,11 @@ class RunStore:
         pre_job_id: ObjectId | None,
         post_job_id: ObjectId | None,
         callback_url: str | None = None,
+        owner: Owner | None = None,
     ) -> Run:
-        """Record a run whose jobs are already stored: a run that exists always has all its jobs."""
+        """Record a run whose jobs are already stored: a run that exists always has all its jobs.
+        It belongs to `owner` (the default course when None)."""
+        owner = owner or Owner()
         doc = {
             "_id": run_id,
             "status": RunStatus.CREATED.value,
@@ -50,6 +54,8 @@ class RunStore:
             "post_job_id": str(post_job_id) if post_job_id else None,
             "students_done": 0,
             "created_at": time.time(),
+            "course": owner.course,
+            "owner_subject": owner.subject,
         }
         if callback_url:
             doc["callback_url"] = callback_url
@@ -60,6 +66,11 @@ class RunStore:
         """The run, or None if there is none with that id."""
         doc = await self.runs.find_one({"_id": run_id})
         return _run(doc) if doc else None
+
+    async def get_owned(self, run_id: ObjectId) -> tuple[Run, Owner] | None:
+        """The run and who owns it, or None if there is none with that id."""
+        doc = await self.runs.find_one({"_id": run_id})
+        return (_run(doc), Owner.of(doc)) if doc else None
 
     async def mark_started(self, run_id: ObjectId) -> Run | None:
         """created -> running; None if the run is not (or no longer) `created`."""

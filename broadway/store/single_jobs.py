@@ -14,6 +14,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from broadway.courses import Owner
 from broadway.models import Job, JobKind, JobStatus
 from broadway.store.deliveries import pending_delivery_fields
 from broadway.store.files import StoredFile
@@ -33,6 +34,8 @@ class NewSingleJob:
     work_id: str | None
     callback_url: str | None
     priority: int
+    # The JWT subject that submitted it (None: the course itself, or the admin).
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class SingleJobStore:
             "student": None,
             "attempts": 0,
             "course": new.course,
+            "owner_subject": new.subject,
             "assignment": new.assignment,
             "params": new.params,
             "work_id": new.work_id,
@@ -85,6 +89,12 @@ class SingleJobStore:
         oid = parse_id(job_id)
         doc = await self.jobs.find_one({"_id": oid, "kind": JobKind.SINGLE.value}) if oid else None
         return (_job(doc), doc.get("params") or {}) if doc else None
+
+    async def get_owned(self, job_id: str) -> tuple[Job, dict[str, str], Owner] | None:
+        """A single submission, its params and its owner, or None (no such id, or a run's job)."""
+        oid = parse_id(job_id)
+        doc = await self.jobs.find_one({"_id": oid, "kind": JobKind.SINGLE.value}) if oid else None
+        return (_job(doc), doc.get("params") or {}, Owner.of(doc)) if doc else None
 
     async def change_queued(self, job_id: str, change: Change) -> Job | None:
         """Apply a PATCH while the job is still queued (not claimed); None once it is not."""

@@ -117,7 +117,7 @@ class SummaryStore:
     async def recent_runs(self) -> list[dict[str, Any]]:
         """Active runs, and the latest finished ones, newest first (at most MAX_RUNS)."""
         projection = {"status": 1, "n_students": 1, "created_at": 1, "started_at": 1, "finished_at": 1,
-                      "students_done": 1, "error": 1, "course": 1}  # fmt: skip
+                      "students_done": 1, "error": 1, "course": 1, "owner_subject": 1}  # fmt: skip
         active = await self.runs.find({"status": {"$in": ACTIVE_RUN_STATUSES}}, projection).to_list(MAX_RUNS * 10)
         active.sort(key=lambda d: d.get("created_at") or 0, reverse=True)
         runs = active[:MAX_RUNS]
@@ -133,7 +133,7 @@ class SummaryStore:
             {"id": str(d["_id"]), "status": d.get("status"), "n_students": int(d.get("n_students", 0)),
              "students_done": int(d.get("students_done", 0)), "created_at": d.get("created_at"),
              "started_at": d.get("started_at"), "finished_at": d.get("finished_at"), "error": d.get("error"),
-             "course": _course(d.get("course"))}
+             "course": _course(d.get("course")), "subject": d.get("owner_subject")}
             for d in runs
         ]  # fmt: skip
 
@@ -152,13 +152,14 @@ class SummaryStore:
         only every few seconds. An indexed key for single jobs would make it a lookup.
         """
         projection = {"status": 1, "kind": 1, "queued_at": 1, "started_at": 1, "finished_at": 1, "error": 1,
-                      "course": 1, "attempts": 1}  # fmt: skip
+                      "course": 1, "attempts": 1, "owner_subject": 1}  # fmt: skip
         docs = await self.jobs.find({"kind": "single"}, projection).limit(MAX_SINGLE_JOBS * 10).to_list()
         docs.sort(key=lambda d: d["_id"], reverse=True)
         return [
             {"job_id": str(d["_id"]), "status": d.get("status"), "course": _course(d.get("course")),
              "queued_at": d.get("queued_at"), "started_at": d.get("started_at"),
-             "finished_at": d.get("finished_at"), "attempts": d.get("attempts", 0), "error": d.get("error")}
+             "finished_at": d.get("finished_at"), "attempts": d.get("attempts", 0), "error": d.get("error"),
+             "subject": d.get("owner_subject")}
             for d in docs[:MAX_SINGLE_JOBS]
         ]  # fmt: skip
 
@@ -177,11 +178,19 @@ class SummaryStore:
             worker = await self.workers.find_one({"_id": holder}, {"name": 1})
             worker_name = worker.get("name") if worker else None
         stages = doc.get("stages") or []
+        # A run's job is owned as its run is.
+        owner_doc = doc
+        if doc.get("run_id"):
+            run_id = parse_id(str(doc["run_id"]))
+            owner_doc = (
+                (await self.runs.find_one({"_id": run_id}, {"course": 1, "owner_subject": 1}) or {}) if run_id else {}
+            )
         return {
             "job_id": str(doc["_id"]), "run_id": doc.get("run_id") or None, "kind": doc.get("kind"),
             "status": doc.get("status"), "attempts": doc.get("attempts", 0), "error": doc.get("error"),
             "student": doc.get("student"), "queued_at": doc.get("queued_at"), "started_at": doc.get("started_at"),
-            "finished_at": doc.get("finished_at"), "worker_name": worker_name, "course": _course(doc.get("course")),
+            "finished_at": doc.get("finished_at"), "worker_name": worker_name,
+            "course": _course(owner_doc.get("course")), "subject": owner_doc.get("owner_subject"),
             "result": doc.get("result"),
             "stage_images": [s.get("image") for s in stages if isinstance(s, dict)],
         }  # fmt: skip

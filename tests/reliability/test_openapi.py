@@ -1,6 +1,7 @@
 """The OpenAPI document matches the handlers: schemathesis drives every operation of a live
 server with generated (valid and invalid) requests. No 5xx, every 4xx a JSON `error`, every
-answer as documented."""
+answer as documented. Every route the API serves is in the document (the ownership walk of
+tests/api/test_ownership.py goes through them all)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ class LiveApi:
 
 @pytest.fixture(scope="module")
 def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
-    proc = ApiProcess(tmp_path_factory.mktemp("openapi") / "api").start()
+    # A poll that names no wait is held --poll-hold: not here, or every such case waits 15 s.
+    proc = ApiProcess(tmp_path_factory.mktemp("openapi") / "api", "--poll-hold", "0").start()
     try:
         register = f"{proc.url}/api/v1/worker_register?token={CLUSTER_TOKEN}&slots=64"
         with urllib.request.urlopen(register, timeout=10) as resp:
