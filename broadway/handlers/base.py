@@ -122,9 +122,11 @@ class Services:
 class ApiError(tornado.web.HTTPError):
     """An expected failure: answered as {"error": message} with the status code."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(status)
         self.message = message
+        # Sent with the error (send_error clears headers set before the raise).
+        self.headers = headers or {}
 
 
 class APIHandler(tornado.web.RequestHandler):
@@ -219,8 +221,7 @@ class APIHandler(tornado.web.RequestHandler):
         try:
             return await self.services.authenticator.caller(self.bearer_token())
         except AuthError as e:
-            self.set_header("WWW-Authenticate", 'Bearer realm="broadway"')
-            raise ApiError(401, str(e)) from None
+            raise ApiError(401, str(e), headers={"WWW-Authenticate": 'Bearer realm="broadway"'}) from None
 
     @property
     def caller(self) -> Caller:
@@ -246,11 +247,11 @@ class APIHandler(tornado.web.RequestHandler):
         take = await self.services.rate_limits.take(course_name, course.rate)
         if not take.allowed:
             retry_after = max(1, math.ceil(take.retry_after_s))
-            self.set_header("Retry-After", str(retry_after))
             raise ApiError(
                 429,
                 f"course {course_name} submits at most {course.rate.per_second:g} a second (burst "
                 f"{course.rate.burst}): try again in {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
             )
 
     def course_of_caller(self) -> str:
@@ -295,6 +296,8 @@ class APIHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             message = exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         elif isinstance(exc, StoreUnavailable):
             message = "the store is unavailable; try again shortly"
             self.set_header("Retry-After", "1")

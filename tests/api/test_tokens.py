@@ -45,6 +45,8 @@ async def test_course_tokens_that_are_wrong_or_revoked_are_401(api: ApiClient) -
     token = await issue_token(api, "cs241")
     assert (await status_with(api, token))[0] == 200
     public_id = token.split("_")[1]
+    missing = await api.request("GET", "/api/v1/assignments")
+    assert missing.status == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
     for bad in (token[:-1] + ("A" if token[-1] != "A" else "B"), f"bwc_{'0' * 16}_secret", "bwc_short_x", "nonsense"):
         assert (await status_with(api, bad))[0] == 401, bad
     await api.request("DELETE", f"/api/v1/courses/cs241/tokens/{public_id}", auth=True)
