@@ -16,6 +16,8 @@ setup(
         "jsonschema>=4.20,<5",
         "rich>=13",
         "prometheus-client>=0.20,<1",
+        # JWT bearer tokens; [crypto] for RS256/ES256 public keys.
+        "PyJWT[crypto]>=2.10,<3",
     ],
     entry_points={
         "console_scripts": [
@@ -23,6 +25,7 @@ setup(
             "broadway-grader=grader.__main__:main",
             "broadway-start-run=utils.start_run:main",
             "broadway-submit=utils.submit:main",
+            "broadway-admin=utils.admin:main",
         ]
     },
 )

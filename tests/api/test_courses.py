@@ -101,3 +101,33 @@ async def test_without_courses_the_client_token_works_as_before(api: ApiClient) 
     await api.work_off(worker)
     assert (await api.status(run_id))["status"] == "succeeded"
     assert (await api.request("GET", COURSES, auth=True)).json == {"courses": []}
+
+
+async def test_broadway_admin_creates_a_course_and_issues_a_token(api: ApiClient) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    from tests.processes import child_env
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        env = child_env(BROADWAY_CLIENT_TOKEN=api.client_token, BROADWAY_API_URL=api.base_url)
+        return subprocess.run([sys.executable, "-m", "utils.admin", *args], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+
+    created = await asyncio.to_thread(admin, "create", "cs241", "--weight", "2", "--rate", "5:20")
+    assert created.returncode == 0, created.stderr
+    assert "cs241  weight 2  5/s burst 20" in created.stdout
+    issued = await asyncio.to_thread(admin, "issue-token", "cs241", "--label", "lms")
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.strip().splitlines()[-1]
+    course_api = ApiClient(api.base_url, client_token=token)
+    assert (await course_api.request("GET", "/api/v1/courses/cs241", auth=True)).status == 200
+    listed = await asyncio.to_thread(admin, "tokens", "cs241")
+    assert "lms" in listed.stdout and token not in listed.stdout
+    revoked = await asyncio.to_thread(admin, "revoke", "cs241", token)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    assert (await course_api.request("GET", "/api/v1/courses/cs241", auth=True)).status == 401
+    again = await asyncio.to_thread(admin, "create", "cs241")
+    assert again.returncode == 1 and "409" in again.stderr
+    assert "cs241" in (await asyncio.to_thread(admin, "list")).stdout
