@@ -24,7 +24,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from broadway import metrics
 from broadway.callbacks.bodies import encode, job_body, run_body
@@ -60,6 +60,7 @@ class Deliverer:
         retry_base_s: float = RETRY_BASE_S,
         retry_cap_s: float = RETRY_CAP_S,
         clock: Callable[[], float] = time.time,
+        secret_for: Callable[[str, str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.store = store
         self.sender = sender
@@ -70,6 +71,9 @@ class Deliverer:
         self.retry_base_s = retry_base_s
         self.retry_cap_s = retry_cap_s
         self.clock = clock
+        # (kind, owner id) -> the owner course's own callback secret, or None for the deployment's:
+        # each course's receivers verify only its signatures (store/courses.py callback_secret_for).
+        self.secret_for = secret_for
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -161,7 +165,8 @@ class Deliverer:
         body = claimed.body
         if body is None:
             body = new_body = await self._build_body(claimed)
-        result = await self.sender.send(claimed.url, body.encode(), claimed.delivery_id, claimed.attempt)
+        secret = await self.secret_for(claimed.kind, claimed.owner_id) if self.secret_for else None
+        result = await self.sender.send(claimed.url, body.encode(), claimed.delivery_id, claimed.attempt, secret)
         metrics.callback_attempt(result.outcome.value, result.duration_s)
         at = self.clock()
         await self.store.record_attempt(

@@ -70,8 +70,11 @@ class CallbackSender:
             force_instance=True, resolver=self._resolver, max_clients=max_clients
         )
 
-    async def send(self, url: str, body: bytes, delivery_id: str, attempt: int) -> AttemptResult:
-        """POST `body` to `url` once; never raises for anything the network or receiver does."""
+    async def send(
+        self, url: str, body: bytes, delivery_id: str, attempt: int, secret: str | None = None
+    ) -> AttemptResult:
+        """POST `body` to `url` once, signed with `secret` (a course's own) or else the
+        deployment's; never raises for anything the network or receiver does."""
         started = time.monotonic()
         try:
             check_callback_url(url, self.policy)
@@ -86,7 +89,7 @@ class CallbackSender:
                 "User-Agent": USER_AGENT,
                 DELIVERY_HEADER: delivery_id,
                 "Broadway-Delivery-Attempt": str(attempt),
-                SIGNATURE_HEADER: sign(self.secret, body),
+                SIGNATURE_HEADER: sign(secret or self.secret, body),
             },
             follow_redirects=False,
             connect_timeout=self.timeout_s,

@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from broadway.courses import Course, Rate
+from broadway.store.ids import parse_id
 from broadway.tokens import digest
 
 TOKEN_PREFIX = "bwc_"  # noqa: S105 (a marker, not a secret)
@@ -91,6 +92,21 @@ class CourseStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.courses = db.courses
         self.tokens = db.course_tokens
+        self._owners = {"job": db.jobs, "run": db.runs}
+
+    async def callback_secret_for(self, kind: str, owner_id: str) -> str | None:
+        """The secret a job's or run's callback is signed with when its course has its own;
+        None: the deployment's. (The Deliverer's `secret_for`.)"""
+        collection = self._owners.get(kind)
+        oid = parse_id(owner_id)
+        if collection is None or oid is None:
+            return None
+        doc = await collection.find_one({"_id": oid}, {"course": 1})
+        course = doc.get("course") if doc else None
+        if not course:
+            return None
+        found = await self.courses.find_one({"_id": course}, {"callback_secret": 1})
+        return (found or {}).get("callback_secret") or None
 
     async def ensure_indexes(self) -> None:
         """The token list of a course is found by its `course`."""

@@ -3,10 +3,13 @@ stored as a digest, revocable; without courses everything works as before."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pymongo import AsyncMongoClient
 
 from tests.api.courses_helpers import course_client, create_course, issue_token
-from tests.helpers import ApiClient, run_config
+from tests.conftest import MakeApi
+from tests.helpers import ApiClient, eventually, run_config
 
 COURSES = "/api/v1/courses"
 
@@ -131,3 +134,36 @@ async def test_broadway_admin_creates_a_course_and_issues_a_token(api: ApiClient
     again = await asyncio.to_thread(admin, "create", "cs241")
     assert again.returncode == 1 and "409" in again.stderr
     assert "cs241" in (await asyncio.to_thread(admin, "list")).stdout
+
+
+async def test_a_course_with_its_own_callback_secret_gets_callbacks_signed_with_it(make_api: MakeApi) -> None:
+    from broadway.callbacks.signing import verify
+    from broadway.store.courses import CourseStore
+    from tests.api.callback_receiver import CallbackReceiver
+
+    course_secret = "course-secret-" + "k" * 30
+    service = await make_api(callback_secret="deployment-secret-" + "d" * 30)
+    # What server.py wires (see the report): the deliverer asks the owner course for its secret.
+    assert service.deliverer is not None
+    service.deliverer.secret_for = CourseStore(service.store.db).callback_secret_for
+    admin = ApiClient(service.url)
+    own = await course_client(admin, "signed", callback_secret=course_secret)
+    plain = await course_client(admin, "plain")
+    receiver = CallbackReceiver(course_secret).start()
+    try:
+        url = receiver.script("/cb")
+        for client in (own, plain):
+            body = {"pipeline": [{"image": "busybox-test", "entrypoint": ["true"]}],
+                    "files": {"main.c": {"content": "aW50"}}, "callback_url": url}  # fmt: skip
+            job = (await client.request("POST", "/api/v1/job", json_body=body, auth=True)).json["id"]
+            assert (await client.request("DELETE", f"/api/v1/job/{job}", auth=True)).status == 200
+
+        async def received() -> list[Any]:
+            return list(receiver.at("/cb"))
+
+        got = await eventually(received, lambda g: len(g) == 2)
+    finally:
+        await receiver.stop()
+    by_course = {verify(course_secret, g.body, g.signature): g for g in got}
+    assert set(by_course) == {True, False}, "only the course with its own secret is signed with it"
+    assert verify("deployment-secret-" + "d" * 30, by_course[False].body, by_course[False].signature)
