@@ -16,6 +16,8 @@ from typing import IO
 import docker
 import docker.errors
 
+from broadway.logs import FORMATS, configure_logging
+from grader import metrics
 from grader.check import run_checks
 from grader.client import GraderClient
 from grader.config import DEFAULT_WORK_DIR, GraderConfig, Limits, parse_size
@@ -60,7 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     ceilings.add_argument("--tmp-size", default="64m",
                           help="size of the tmpfs at /tmp; a write beyond it gets 'No space left on device' "
                           "(default 64m)")  # fmt: skip
+    p.add_argument("--max-files", default="64m",
+                   help="most a single job's submitted files may come to, all together; they are fetched "
+                   "into /job/files before its first stage (default 64m)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="text", choices=FORMATS,
+                   help="text, or json: one JSON object a line (default text)")  # fmt: skip
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port (default: not served)")  # fmt: skip
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address the metrics are served on (default 127.0.0.1)")  # fmt: skip
     p.add_argument("--check", action="store_true", help="check Docker, the API and the work dir, then exit")
     return p
 
@@ -86,7 +97,10 @@ def config_from_args(argv: list[str] | None) -> tuple[GraderConfig, argparse.Nam
             name=args.name,
             work_dir=args.work_dir.resolve(),
             limits=limits,
+            max_files_bytes=parse_size(args.max_files),
         )
+        if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+            raise ValueError("--metrics-port must be between 0 and 65535")
         return config, args
     except ValueError as exc:
         parser.error(str(exc))
@@ -127,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     config, args = config_from_args(argv)
     if args.check:
         return run_checks(config)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     lock = lock_work_dir(config.work_dir)
     try:
         docker_client = docker.from_env(timeout=60)
@@ -138,9 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     except docker.errors.DockerException as exc:
         print(f"broadway-grader: cannot reach the Docker engine: {exc}", file=sys.stderr)
         return 1
+    metrics_server = None
+    if args.metrics_port is not None:
+        try:
+            metrics_server = metrics.serve(args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            print(f"broadway-grader: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            docker_client.close()
+            return 1
     try:
         return asyncio.run(serve(config, docker_client))
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
         docker_client.close()
         lock.close()
 

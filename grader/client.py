@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.iostream import StreamClosedError
 
+from grader import metrics
 from grader.config import GraderConfig
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,21 @@ class GraderClient:
     async def _call(
         self, method: str, path: str, params: dict[str, str], body: Any = None, seconds: float | None = None
     ) -> HTTPResponse:
+        """One request; the metrics count it under the call's name (register, poll, ...): ok when
+        the API answered with the call's expected statuses."""
+        call = _call_name(path)
+        started = time.monotonic()
+        try:
+            response = await self._send(method, path, params, body, seconds)
+        except Unreachable:
+            metrics.api_call(call, False, time.monotonic() - started)
+            raise
+        metrics.api_call(call, response.code in (200, 412), time.monotonic() - started)
+        return response
+
+    async def _send(
+        self, method: str, path: str, params: dict[str, str], body: Any = None, seconds: float | None = None
+    ) -> HTTPResponse:
         # The URL carries secrets in its query string: errors name the method and path only.
         url = f"{self.base}{path}?{urllib.parse.urlencode(params)}"
         request = HTTPRequest(
@@ -174,26 +191,47 @@ class GraderClient:
             raise SlotsBusy(self._error_text(response))
         raise Rejected(f"poll refused: HTTP {response.code} {self._error_text(response)}")
 
-    async def heartbeat(self, running: list[str]) -> None:
+    async def heartbeat(self, running: list[str]) -> list[str]:
         """Tell the API this worker is alive and which jobs it runs; WorkerUnknown when it has
-        been declared dead."""
+        been declared dead. Returns the jobs among `running` that were cancelled (the answer's
+        `abort`): the grader kills them and does not report them."""
         response = await self._call("POST", "/heartbeat", {"worker_id": self.worker_id, "jobs": ",".join(running)})
         if response.code in (401, 404):
             raise WorkerUnknown(self._error_text(response))
         if response.code != 200:
             raise Rejected(f"heartbeat refused: HTTP {response.code} {self._error_text(response)}")
+        try:
+            answer = json.loads(response.body or b"{}")
+        except ValueError:
+            return []
+        abort = answer.get("abort") if isinstance(answer, dict) else None
+        if not isinstance(abort, list):
+            return []
+        named = set(running)
+        return [job_id for job_id in abort if isinstance(job_id, str) and job_id in named]
 
     async def report(
-        self, job_id: str, result: str, success: bool, attempt: str | None, error: str | None = None
+        self,
+        job_id: str,
+        result: str,
+        success: bool,
+        attempt: str | None,
+        error: str | None = None,
+        *,
+        kind: str | None = None,
     ) -> bool:
         """Deliver a result, retrying while the API is unreachable. False when the API refused it
         (409: the job was taken away from this worker, e.g. after it was declared dead).
-        `error` marks an infrastructure failure (not the student's), which the API keeps apart."""
+        `error` marks an infrastructure failure (not the student's), which the API keeps apart.
+        `kind` is the job's kind from its payload ("single"...), sent back so the API decides a
+        single job's grade without looking the job up first."""
         body: dict[str, Any] = {"result": result, "success": success}
         if attempt:
             body["attempt"] = attempt
         if error:
             body["error"] = error
+        if kind:
+            body["kind"] = kind
         path = f"/grading_job/{urllib.parse.quote(job_id, safe='')}"
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
@@ -208,6 +246,14 @@ class GraderClient:
                 return True
             log.warning("result of job %s dropped: HTTP %d %s", job_id, response.code, self._error_text(response))
             return False
+
+
+def _call_name(path: str) -> str:
+    """The metrics' name for a request: /grading_job polls, /grading_job/<id> reports."""
+    parts = path.strip("/").split("/")
+    if parts[0] == "grading_job":
+        return "report" if len(parts) > 1 else "poll"
+    return {"worker_register": "register", "heartbeat": "heartbeat"}.get(parts[0], "other")
 
 
 def _error_text(response: HTTPResponse) -> str:

@@ -112,6 +112,9 @@ class GraderConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
     request_timeout_s: float = 30.0
+    # A single job's files, fetched before its first stage: at most this much in all, in this long.
+    max_files_bytes: int = 64 << 20
+    files_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         if not self.api_url.startswith(("http://", "https://")):
@@ -129,3 +132,5 @@ class GraderConfig:
             raise ValueError("--job-dir-size must be positive")
         if limits.tmp_bytes < 1 << 20:
             raise ValueError("--tmp-size must be at least 1m")
+        if self.max_files_bytes < 0:
+            raise ValueError("--max-files must not be negative")

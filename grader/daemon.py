@@ -14,9 +14,11 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from grader import metrics
 from grader.client import Backoff, GraderClient, Rejected, SlotsBusy, Unreachable, WorkerUnknown
 from grader.config import GraderConfig
-from grader.executor import Executor, JobOutcome
+from grader.executor import FILES_DIR, Executor, JobOutcome
+from grader.job_files import FetchError, FileFetcher
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class Daemon:
         self._poll_task: asyncio.Task[Any] | None = None
         self._register_lock = asyncio.Lock()
         self.jobs_done = 0
+        self.fetcher = FileFetcher(config.api_url, config.slots)
 
     async def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
@@ -58,6 +61,7 @@ class Daemon:
         finally:
             heartbeat.cancel()
             self.threads.shutdown(wait=False, cancel_futures=True)
+            self.fetcher.close()
         log.info("grader stopped after %d job(s)", self.jobs_done)
         return self.exit_code
 
@@ -140,18 +144,48 @@ class Daemon:
     async def _run_and_report(self, job: dict[str, Any]) -> None:
         job_id = str(job.get("job_id"))
         self.job_ids.add(job_id)
+        metrics.job_started()
         try:
             log.info("job %s: running %d stage(s)", job_id, len(job.get("stages", [])))
-            loop = asyncio.get_running_loop()
-            outcome: JobOutcome = await loop.run_in_executor(self.threads, self.executor.run_job, job)
+            outcome = await self._fetch_files(job)
+            if outcome is None:
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(self.threads, self.executor.run_job, job)
             if self.exit_code:
                 return  # cold stop: the job was killed, its result means nothing
+            if outcome.aborted or self.executor.aborted(job_id):
+                # The API has already ended it (cancelled) and would refuse the report.
+                log.info("job %s was cancelled: its container was killed and it is not reported", job_id)
+                metrics.job_aborted()
+                return
             verdict = "succeeded" if outcome.success else f"failed{': ' + outcome.error if outcome.error else ''}"
             log.info("job %s %s", job_id, verdict)
-            await self.client.report(job_id, outcome.result_json(), outcome.success, job.get("attempt"), outcome.error)
+            await self.client.report(
+                job_id, outcome.result_json(), outcome.success, job.get("attempt"), outcome.error, kind=job.get("kind")
+            )
             self.jobs_done += 1
         finally:
             self.job_ids.discard(job_id)
+            self.executor.forget(job_id)
+            metrics.job_ended()
+
+    async def _fetch_files(self, job: dict[str, Any]) -> JobOutcome | None:
+        """A single job's files into <job dir>/files; None when there are none or all came, else
+        the failed outcome to report (an infrastructure error: not the student's)."""
+        if not job.get("files") and not job.get("exercise"):
+            return None
+        loop = asyncio.get_running_loop()
+        job_dir = await loop.run_in_executor(self.threads, self.executor.prepare_job_dir, job)
+        try:
+            config = self.config
+            count = await self.fetcher.fetch_all(
+                job, job_dir / FILES_DIR, self.client.worker_id, config.max_files_bytes, config.files_timeout_s
+            )
+        except (FetchError, OSError) as exc:
+            await loop.run_in_executor(self.threads, self.executor.remove_job_dir, job)
+            return JobOutcome(error=f"infrastructure: {exc}")
+        log.debug("job %s: fetched %d bytes of files", job.get("job_id"), count)
+        return None
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -159,13 +193,24 @@ class Daemon:
             interval = registration.heartbeat_s if registration else 10.0
             await asyncio.sleep(interval)
             try:
-                await self.client.heartbeat(sorted(self.job_ids))
+                abort = await self.client.heartbeat(sorted(self.job_ids))
+                if abort:
+                    await self._abort(abort)
             except Unreachable as exc:
                 log.warning("heartbeat not delivered: %s", exc)
             except WorkerUnknown:
                 await self._register_again()
             except Rejected as exc:
                 log.error("%s", exc)
+
+    async def _abort(self, job_ids: list[str]) -> None:
+        """Jobs the API cancelled while they ran: kill their containers now, run nothing more of them."""
+        for job_id in job_ids:
+            if job_id not in self.job_ids:
+                continue
+            # Not on the stage threads, which are all busy running stages when every slot is.
+            killed = await asyncio.to_thread(self.executor.abort, job_id)
+            log.info("job %s was cancelled by the API: killed %d container(s)", job_id, killed)
 
     async def _register_again(self) -> None:
         """The API no longer knows us (declared dead, or its store was reset): join again.

@@ -1,7 +1,9 @@
 """Runs one job's stages in Docker under the operator's ceilings. Blocking: call it from a thread.
 
 Each stage gets a fresh container; all stages of a job share a directory mounted at /job, and
-each has its own bounded tmpfs at /tmp.
+each has its own bounded tmpfs at /tmp. A single job's files are in /job/files (fetched by the
+daemon before run_job), its submitted `exercise` file also at /tmp/exercise (read-only), and its
+last stage's response goes into the result (grader/response.py).
 Output is streamed while the container runs and only a capped tail is kept: Docker's json-file
 log of a chatty stage grows without bound and takes minutes to read back (see DESIGN.md).
 """
@@ -24,8 +26,11 @@ from docker.models.containers import Container
 from docker.types import LogConfig, Mount
 from docker.utils import parse_repository_tag
 
+from grader import metrics
 from grader.config import Limits, StageLimits
+from grader.job_files import FetchError, checked_name
 from grader.output import OutputTail
+from grader.response import MAX_RESPONSE_BYTES, capture_response
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,10 @@ LABEL = "broadway.grader"
 # its JSON.
 RESULT_BUDGET_BYTES = 3 * (1 << 20)
 GUARD_INTERVAL_S = 0.25
+FILES_DIR = "files"
+EXERCISE_PATH = "/tmp/exercise"  # noqa: S108 - in the container, where correctomatic images read it
+# A response bigger than this once encoded (escapes can grow it) would crowd out the stages' outputs.
+_RESPONSE_BUDGET_BYTES = 2 * (1 << 20)
 # Docker keeps its own copy of the output too; bound it, since we never read it back.
 _LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"})
 
@@ -52,6 +61,8 @@ class StageResult:
     duration_s: float = 0.0
     output: str = ""
     output_truncated: bool = False
+    # A single job's stage keeps its stdout apart too (capped), for its response; not reported.
+    stdout: bytes | None = field(default=None, repr=False)
     # What the stage ran under, and which of its own asks were lowered (or set aside) and why.
     limits: dict[str, Any] = field(default_factory=dict)
     clamped: list[dict[str, Any]] = field(default_factory=list)
@@ -65,6 +76,11 @@ class StageResult:
 class JobOutcome:
     stages: list[StageResult] = field(default_factory=list)
     error: str | None = None
+    # A single job's response from its last stage, or why what it left was not one.
+    response: dict[str, Any] | None = None
+    response_error: str | None = None
+    # The API cancelled the job while it ran: its containers were killed, nothing is reported.
+    aborted: bool = False
 
     @property
     def success(self) -> bool:
@@ -73,7 +89,7 @@ class JobOutcome:
     def result_json(self, max_bytes: int = RESULT_BUDGET_BYTES) -> str:
         """The result as the API stores it. Kept under max_bytes by trimming the stages' outputs
         (each keeps its tail): the API cuts longer results, which would leave broken JSON."""
-        stages = [asdict(stage) for stage in self.stages]
+        stages = [_stage_fields(stage) for stage in self.stages]
         text = self._encode(stages)
         share = max_bytes // max(len(stages), 1)
         while len(text.encode()) > max_bytes and share > 256:
@@ -91,7 +107,27 @@ class JobOutcome:
         result: dict[str, Any] = {"stages": stages}
         if self.error is not None:
             result["error"] = self.error
+        if self.response is not None:
+            result["response"] = self.response
+        if self.response_error is not None:
+            result["response_error"] = self.response_error
         return json.dumps(result)
+
+    def take_response(self, job_dir: Path) -> None:
+        """Fill response/response_error from the last stage that ran (single jobs)."""
+        if self.error is not None or not self.stages:
+            return
+        found = capture_response(job_dir, self.stages[-1].stdout)
+        if found.value is not None and len(json.dumps(found.value).encode()) > _RESPONSE_BUDGET_BYTES:
+            self.response_error = "the response is too large once encoded as JSON"
+        else:
+            self.response, self.response_error = found.value, found.error
+
+
+def _stage_fields(stage: StageResult) -> dict[str, Any]:
+    fields = asdict(stage)
+    del fields["stdout"]
+    return fields
 
 
 class Executor:
@@ -104,7 +140,10 @@ class Executor:
         # Containers carry this label, so a restarted grader removes what a crashed one left,
         # without touching another grader's containers on the same host.
         self.instance = instance
-        self._live: dict[str, Container] = {}
+        # container id -> (job id, container): what a cold stop or an abort kills.
+        self._live: dict[str, tuple[str, Container]] = {}
+        # Jobs the API cancelled: no further stage of theirs starts (until forget()).
+        self._aborted: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         # False after a Docker error, until a ping succeeds: the daemon takes no jobs meanwhile.
@@ -132,33 +171,101 @@ class Executor:
         """Cold stop: kill every running container now and start no new stage."""
         self._stopping.set()
         with self._lock:
-            containers = list(self._live.values())
+            containers = [container for _, container in self._live.values()]
         for container in containers:
             _remove(container)
 
+    def abort(self, job_id: str) -> int:
+        """The API cancelled the job: kill its running container now and start no further stage
+        of it. Returns how many containers were killed (their removal follows as usual)."""
+        with self._lock:
+            self._aborted.add(job_id)
+            containers = [container for owner, container in self._live.values() if owner == job_id]
+        for container in containers:
+            try:
+                _kill(container)
+            except (docker.errors.DockerException, OSError) as exc:  # the engine is away: its watch fails too
+                log.warning("job %s: could not kill container %s: %s", job_id, container.short_id, exc)
+        return len(containers)
+
+    def forget(self, job_id: str) -> None:
+        """The daemon is done with the job: drop its abort mark."""
+        with self._lock:
+            self._aborted.discard(job_id)
+
+    def aborted(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._aborted
+
+    def job_dir(self, job: dict[str, Any]) -> Path:
+        return self.jobs_dir / f"{job.get('job_id', 'unknown')}-{job.get('attempt') or 'a'}"
+
+    def prepare_job_dir(self, job: dict[str, Any]) -> Path:
+        """Create the job's directory (run_job does too; the daemon fetches files into it first)."""
+        job_dir = self.job_dir(job)
+        self._prepare_dir(job_dir, job)
+        return job_dir
+
+    def remove_job_dir(self, job: dict[str, Any]) -> None:
+        job_dir = self.job_dir(job)
+        shutil.rmtree(job_dir, ignore_errors=True)
+        job_dir.with_name(job_dir.name + ".exercise").unlink(missing_ok=True)
+
     def run_job(self, job: dict[str, Any]) -> JobOutcome:
-        """Run the job's stages in order, stopping at the first that fails."""
+        """Run the job's stages in order, stopping at the first that fails. The job directory is
+        removed at the end, files and all."""
         outcome = JobOutcome()
         job_id = str(job.get("job_id", "unknown"))
-        job_dir = self.jobs_dir / f"{job_id}-{job.get('attempt') or 'a'}"
+        job_dir = self.job_dir(job)
+        single = job.get("kind") == "single"
         try:
             self._prepare_dir(job_dir, job)
+            exercise = self._exercise_file(job, job_dir)
             for stage in job.get("stages", []):
                 if self._stopping.is_set():
                     outcome.error = "infrastructure: the grader was stopped"
                     break
-                result = self._run_stage(stage, job_dir, job_id)
+                if self.aborted(job_id):
+                    break
+                result = self._run_stage(stage, job_dir, job_id, exercise, keep_stdout=single)
                 outcome.stages.append(result)
                 if not result.passed:
                     break
         except InfrastructureError as exc:
             outcome.error = f"infrastructure: {exc}"
         except (docker.errors.DockerException, OSError) as exc:
-            outcome.error = f"infrastructure: Docker error: {exc}"
-            self.healthy = False
+            if not self.aborted(job_id):  # a killed container's calls may fail: not the engine's fault
+                outcome.error = f"infrastructure: Docker error: {exc}"
+                self.healthy = False
+                metrics.docker_error("run")
         finally:
+            outcome.aborted = self.aborted(job_id)
+            if single and not outcome.aborted:
+                outcome.take_response(job_dir)
             shutil.rmtree(job_dir, ignore_errors=True)
+            job_dir.with_name(job_dir.name + ".exercise").unlink(missing_ok=True)
         return outcome
+
+    def _exercise_file(self, job: dict[str, Any], job_dir: Path) -> Path | None:
+        """A copy of the exercise file outside /job, for /tmp/exercise: a stage may replace
+        /job/files/... (even by a symlink to a host file, which a bind mount would follow)."""
+        name = job.get("exercise")
+        if not name:
+            return None
+        try:
+            relative = checked_name(name)
+        except FetchError as exc:
+            raise InfrastructureError(str(exc)) from None
+        copy = job_dir.with_name(job_dir.name + ".exercise")
+        try:
+            # Before any stage ran, files/ holds only what the daemon fetched.
+            fd = os.open(job_dir / FILES_DIR / relative, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            raise InfrastructureError(f"the exercise file {name!r} was not fetched") from None
+        with os.fdopen(fd, "rb") as source, open(copy, "wb") as target:
+            shutil.copyfileobj(source, target)
+        copy.chmod(0o444)
+        return copy
 
     def _prepare_dir(self, job_dir: Path, job: dict[str, Any]) -> None:
         self.jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -178,19 +285,24 @@ class Executor:
     def _pull(self, image: str) -> None:
         repository, tag = parse_repository_tag(image)
         log.info("image %s is not here; pulling it", image)
+        started = time.monotonic()
         try:
             self.docker.images.pull(repository, tag=tag or "latest")
+            metrics.image_pulled(True, time.monotonic() - started)
         except docker.errors.APIError as exc:
+            metrics.image_pulled(False, time.monotonic() - started)
             reason = exc.explanation or str(exc)
             message = f"image {image!r} is not on this grader and could not be pulled: {reason}"
             raise InfrastructureError(message) from None
 
-    def _run_stage(self, stage: dict[str, Any], job_dir: Path, job_id: str) -> StageResult:
+    def _run_stage(
+        self, stage: dict[str, Any], job_dir: Path, job_id: str, exercise: Path | None = None, keep_stdout: bool = False
+    ) -> StageResult:
         image = stage["image"]
         given = self.limits.stage_limits(stage)
         for note in given.clamped:
             log.info("job %s: %s %r -> %s (%s)", job_id, note["limit"], note["asked"], note["given"], note["reason"])
-        options = container_options(stage, self.limits, job_dir, given)
+        options = container_options(stage, self.limits, job_dir, given, exercise)
         options["labels"] = {LABEL: self.instance, "broadway.job": job_id}
         try:
             try:
@@ -200,26 +312,38 @@ class Executor:
                 self._pull(image)
                 container = self.docker.containers.create(image, **options)
         except docker.errors.APIError as exc:
+            metrics.docker_error("create")
             raise InfrastructureError(f"cannot create a container from {image!r}: {exc.explanation or exc}") from None
         with self._lock:
-            self._live[container.id] = container
+            self._live[container.id] = (job_id, container)
+            aborted = job_id in self._aborted
+        metrics.container_started()
         try:
             if self._stopping.is_set():  # a cold stop came while the container was being created
                 raise InfrastructureError("the grader was stopped")
-            result = self._watch(container, image, given.timeout_s, job_dir)
+            if aborted:  # so did an abort: the container never starts
+                return StageResult(image=image, exit_code=None)
+            result = self._watch(container, image, given.timeout_s, job_dir, keep_stdout)
             result.limits = self.limits.report(given)
             result.clamped = given.clamped
+            metrics.stage_finished(image, result.duration_s, result.exit_code, result.timed_out)
             return result
         finally:
             with self._lock:
                 self._live.pop(container.id, None)
             _remove(container)
+            metrics.container_removed()
 
-    def _watch(self, container: Container, image: str, timeout: float, job_dir: Path) -> StageResult:
+    def _watch(
+        self, container: Container, image: str, timeout: float, job_dir: Path, keep_stdout: bool = False
+    ) -> StageResult:
         result = StageResult(image=image)
         tail = OutputTail(self.limits.max_output_bytes)
-        # Attach before start, so not a byte of output is missed.
-        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+        # stdout alone, for a single job's response: one byte over the cap and it is no response.
+        stdout = OutputTail(MAX_RESPONSE_BYTES) if keep_stdout else None
+        # Attach before start, so not a byte of output is missed. Demultiplexed: each chunk comes
+        # as (stdout, stderr), in the order the stage wrote them.
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
         timed_out = threading.Event()
         finished = threading.Event()
         dir_full = threading.Event()
@@ -245,8 +369,13 @@ class Executor:
             container.start()
             timer.start()
             guard.start()
-            for chunk in stream:
-                tail.feed(chunk)
+            for out, err in stream:
+                if out:
+                    tail.feed(out)
+                    if stdout is not None:
+                        stdout.feed(out)
+                if err:
+                    tail.feed(err)
             status = container.wait(timeout=30)
         finally:
             finished.set()
@@ -261,6 +390,8 @@ class Executor:
             result.oom_killed = bool(container.attrs.get("State", {}).get("OOMKilled"))
         result.output = tail.text()
         result.output_truncated = tail.truncated
+        if stdout is not None and not stdout.truncated:
+            result.stdout = stdout.raw()
         return result
 
 
@@ -287,10 +418,18 @@ def directory_size(path: Path, stop_above: int) -> int:
 
 
 def container_options(
-    stage: dict[str, Any], limits: Limits, job_dir: Path, given: StageLimits | None = None
+    stage: dict[str, Any],
+    limits: Limits,
+    job_dir: Path,
+    given: StageLimits | None = None,
+    exercise: Path | None = None,
 ) -> dict[str, Any]:
     """docker SDK `containers.create` arguments for a stage: its own settings plus the isolation."""
     memory = (given or limits.stage_limits(stage)).memory_bytes
+    mounts = [Mount(target="/job", source=str(job_dir.resolve()), type="bind")]
+    if exercise is not None:
+        # Docker mounts the /tmp tmpfs first (shorter path), then this file on top of it.
+        mounts.append(Mount(target=EXERCISE_PATH, source=str(exercise.resolve()), type="bind", read_only=True))
     return {
         "entrypoint": stage.get("entrypoint"),
         "environment": list(stage.get("env") or []),
@@ -302,7 +441,7 @@ def container_options(
         "memswap_limit": memory,
         "nano_cpus": int(limits.cpus * 1e9),
         "pids_limit": limits.pids,
-        "mounts": [Mount(target="/job", source=str(job_dir.resolve()), type="bind")],
+        "mounts": mounts,
         # Docker's tmpfs default is noexec: keep exec, since stages build programs in /tmp and run them.
         "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={limits.tmp_bytes},mode=1777"},  # noqa: S108 - in the container
         "log_config": _LOG_CONFIG,
@@ -323,4 +462,5 @@ def _remove(container: Container) -> None:
     except docker.errors.NotFound:
         pass
     except docker.errors.APIError as exc:
+        metrics.docker_error("remove")
         log.warning("could not remove container %s: %s", container.short_id, exc)

@@ -38,6 +38,11 @@ STAGES = Counter(
 CONTAINERS_RUNNING = Gauge(
     "broadway_grader_containers_running", "Stage containers this grader has running now.", registry=REGISTRY
 )
+JOBS_ABORTED = Counter(
+    "broadway_grader_jobs_aborted",
+    "Jobs the API cancelled while they ran, whose containers this grader killed (not reported).",
+    registry=REGISTRY,
+)
 JOBS_RUNNING = Gauge("broadway_grader_jobs_running", "Jobs this grader is running now.", registry=REGISTRY)
 DOCKER_ERRORS = Counter(
     "broadway_grader_docker_errors",
@@ -99,6 +104,11 @@ def job_started() -> None:
 
 def job_ended() -> None:
     JOBS_RUNNING.dec()
+
+
+def job_aborted() -> None:
+    """A running job was cancelled (the heartbeat's `abort`): killed, not reported."""
+    JOBS_ABORTED.inc()
 
 
 def docker_error(operation: str) -> None:
