@@ -140,6 +140,9 @@ class APIHandler(tornado.web.RequestHandler):
         self.services = self.settings["services"]
         self._json_body = _MISSING
         self._caller = None
+        # The request log labels requests by path_args, which Tornado sets only once the body
+        # parsed: a request refused before that (a bad multipart body) had none.
+        self.path_args, self.path_kwargs = [], {}
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")

@@ -179,6 +179,18 @@ def _tail(text: str) -> str:
 class DashboardPageHandler(tornado.web.RequestHandler):
     """The HTML shell of the overview (page="overview") or of one job's page (page="job")."""
 
+    def initialize(self) -> None:
+        # The request log labels requests by path_args, which Tornado sets only once the body
+        # parsed: a request refused before that (a bad multipart body) had none.
+        self.path_args, self.path_kwargs = [], {}
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Errors are JSON here too, like every other answer of the API that is not the page.
+        if status_code == 405:
+            self.set_header("Allow", "GET")
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": self._reason, "status": status_code}))
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         self.set_header("X-Content-Type-Options", "nosniff")
