@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -93,14 +93,6 @@ class Caller:
             return False
         return self.kind is CallerKind.COURSE or owner.subject == self.subject
 
-    def describe(self) -> str:
-        """For logs: the kind and course, never a secret."""
-        if self.kind is CallerKind.ADMIN:
-            return "admin"
-        if self.kind is CallerKind.COURSE:
-            return f"course {self.course} (token {self.token_id})"
-        return f"subject {self.subject!r} of course {self.course}"
-
 
 ADMIN = Caller(kind=CallerKind.ADMIN, course=DEFAULT_COURSE)
 
@@ -126,7 +118,6 @@ class Course:
     callback_secret: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """The course as the API shows it (the callback secret only as whether one is set)."""

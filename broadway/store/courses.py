@@ -132,9 +132,6 @@ class CourseStore:
         """Every course by name (a deployment has tens, not thousands)."""
         return sorted([_course(d) async for d in self.courses.find({})], key=lambda c: c.name)
 
-    async def exists_any(self) -> bool:
-        return await self.courses.find_one({}, {"_id": 1}) is not None
-
     async def change(self, name: str, fields: dict[str, Any]) -> Course | None:
         """Apply checked PATCH fields; None if there is no such course."""
         doc = await self.courses.find_one_and_update(
