@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 # Query arguments whose values are credentials.
-_SECRET_ARGS = re.compile(r"((?:^|[?&])(?:token|worker_id|api_key|x-api-key)=)[^&]*", re.IGNORECASE)
+_SECRET_ARGS = re.compile(r"((?:^|[?&])(?:token|access_token|worker_id|api_key|x-api-key)=)[^&]*", re.IGNORECASE)
 
 
 def redact(uri: str) -> str:

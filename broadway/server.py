@@ -19,6 +19,7 @@ from broadway.embedded_store import EmbeddedStore, EmbeddedStoreError
 from broadway.handlers.base import Services
 from broadway.logs import configure_logging
 from broadway.store import connect
+from broadway.store.courses import CourseStore
 from broadway.tokens import Tokens, load_or_create, load_or_create_callback_secret
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class ApiService:
         await self.store.ensure_indexes()
         app = make_app(config, self.store, self.tokens)
         self.deliverer = make_deliverer(self.store.deliveries, self._callback_secret(), config.callback_allow_networks)
+        # A course's own callback secret signs its callbacks (else the deployment's).
+        self.deliverer.secret_for = CourseStore(self.store.db).callback_secret_for
         # Before the first request, so every handler sees the deliverer.
         app.settings["services"] = dataclasses.replace(app.settings["services"], deliverer=self.deliverer)
         # Jobs and runs that end with a callback wake the deliverer at once (not at its next scan).

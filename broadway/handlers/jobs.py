@@ -266,6 +266,11 @@ class GradingJobReportHandler(JobHandOut):
             )
         if report.outcome is ReportOutcome.WRONG_KIND:
             report = dataclasses.replace(report, outcome=ReportOutcome.CONFLICT)
+        if report.outcome in (ReportOutcome.NOT_FOUND, ReportOutcome.CONFLICT):
+            # Only a known worker learns whether a job exists: else job ids could be probed
+            # with any made-up worker id. Checked on refusals only, off the hot path.
+            if await services.store.workers.get(ref) is None:
+                raise ApiError(404, "unknown worker (never registered): register again")
         if report.outcome is ReportOutcome.NOT_FOUND:
             raise ApiError(404, f"no grading job with id {job_id_text!r}")
         if report.outcome is ReportOutcome.CONFLICT:

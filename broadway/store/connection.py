@@ -11,6 +11,7 @@ from pymongo.errors import ConnectionFailure
 
 from broadway.metrics import StoreCommandMetrics
 from broadway.store.assignments import AssignmentStore
+from broadway.store.courses import CourseStore
 from broadway.store.deliveries import DeliveryStore
 from broadway.store.files import FileStore
 from broadway.store.idempotency import IdempotencyStore
@@ -57,6 +58,7 @@ class Store:
         await self.db.workers.create_index([("lease_until", ASCENDING)], sparse=True)
         await self.db.assignments.create_index([("course", ASCENDING)])
         await self.deliveries.ensure_indexes()
+        await CourseStore(self.db).ensure_indexes()
         # A job's files are found by their ids in the job document; this one is for cleaning up.
         await self.db.job_files.files.create_index([("metadata.owner", ASCENDING)])
 

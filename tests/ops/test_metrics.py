@@ -6,13 +6,10 @@ scrape after its workload with one before it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from broadway.config import Config
 from broadway.server import ApiService
 from tests import conftest
 from tests.conftest import TOKENS, MakeApi
@@ -132,16 +129,8 @@ async def test_store_gauges_are_counted_at_most_once_a_second(api: ApiClient, ap
     assert gauges.refreshes - start <= 2
 
 
-@dataclass(frozen=True)
-class MetricsConfig(Config):
-    """Config with --metrics-token, whether or not broadway.config has the field yet."""
-
-    metrics_token: str | None = None
-
-
 async def test_metrics_token_protects_the_endpoint(mongo_url: str, tmp_path: object) -> None:
-    base = conftest.test_config(data_dir=tmp_path)
-    config = MetricsConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, metrics_token="m" * 32)
+    config = conftest.test_config(data_dir=tmp_path, metrics_token="m" * 32)
     service = ApiService(config, mongo_url, TOKENS)
     await service.start()
     try:
