@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
@@ -12,6 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from broadway.courses import Owner
 from broadway.models import Run, RunStatus
 from broadway.store.deliveries import pending_delivery_fields
+from broadway.store.ids import oid
 
 
 def _run(doc: dict[str, Any]) -> Run:
@@ -29,16 +31,25 @@ def _run(doc: dict[str, Any]) -> Run:
     )
 
 
+@dataclass(frozen=True)
+class RunProgress:
+    run_id: str
+    students_done: int
+    n_students: int
+    # When a student job last finished (or the run started).
+    last_progress: float
+
+
 class RunStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.runs = db.runs
 
     async def insert(
         self,
-        run_id: ObjectId,
+        run_id: str,
         n_students: int,
-        pre_job_id: ObjectId | None,
-        post_job_id: ObjectId | None,
+        pre_job_id: str | None,
+        post_job_id: str | None,
         callback_url: str | None = None,
         owner: Owner | None = None,
     ) -> Run:
@@ -46,7 +57,7 @@ class RunStore:
         It belongs to `owner` (the default course when None)."""
         owner = owner or Owner()
         doc = {
-            "_id": run_id,
+            "_id": ObjectId(run_id),
             "status": RunStatus.CREATED.value,
             "n_students": n_students,
             # References as hex strings: nx-27017 cannot match an ObjectId outside _id.
@@ -62,27 +73,27 @@ class RunStore:
         await self.runs.insert_one(doc)
         return _run(doc)
 
-    async def get(self, run_id: ObjectId) -> Run | None:
+    async def get(self, run_id: str) -> Run | None:
         """The run, or None if there is none with that id."""
-        doc = await self.runs.find_one({"_id": run_id})
+        doc = await self.runs.find_one({"_id": oid(run_id)})
         return _run(doc) if doc else None
 
-    async def get_owned(self, run_id: ObjectId) -> tuple[Run, Owner] | None:
+    async def get_owned(self, run_id: str) -> tuple[Run, Owner] | None:
         """The run and who owns it, or None if there is none with that id."""
-        doc = await self.runs.find_one({"_id": run_id})
+        doc = await self.runs.find_one({"_id": oid(run_id)})
         return (_run(doc), Owner.of(doc)) if doc else None
 
-    async def mark_started(self, run_id: ObjectId) -> Run | None:
+    async def mark_started(self, run_id: str) -> Run | None:
         """created -> running; None if the run is not (or no longer) `created`."""
         doc = await self.runs.find_one_and_update(
-            {"_id": run_id, "status": RunStatus.CREATED.value},
+            {"_id": oid(run_id), "status": RunStatus.CREATED.value},
             {"$set": {"status": RunStatus.RUNNING.value, "started_at": time.time()}},
             return_document=ReturnDocument.AFTER,
         )
         return _run(doc) if doc else None
 
     async def mark_finished(
-        self, run_id: ObjectId, status: RunStatus, error: str | None = None, callback_max_age_s: float | None = None
+        self, run_id: str, status: RunStatus, error: str | None = None, callback_max_age_s: float | None = None
     ) -> bool:
         """created/running -> a final status; False if the run had already ended (someone else finished it).
 
@@ -95,21 +106,33 @@ class RunStore:
         if error:
             fields["error"] = error
         unfinished = [RunStatus.CREATED.value, RunStatus.RUNNING.value]
-        result = await self.runs.update_one({"_id": run_id, "status": {"$in": unfinished}}, {"$set": fields})
+        result = await self.runs.update_one({"_id": oid(run_id), "status": {"$in": unfinished}}, {"$set": fields})
         return result.modified_count == 1
 
-    async def count_student_done(self, run_id: ObjectId) -> tuple[int, int]:
+    async def count_student_done(self, run_id: str) -> tuple[int, int]:
         """Count one more finished student job; returns (students done, students in the run).
 
         Only a hint that the students may all be done (a crash between a job's report and this
         increment leaves it low); the scheduler confirms with an exact count before acting.
         """
         doc = await self.runs.find_one_and_update(
-            {"_id": run_id}, {"$inc": {"students_done": 1}}, return_document=ReturnDocument.AFTER
+            {"_id": oid(run_id)},
+            {"$inc": {"students_done": 1}, "$set": {"progress_at": time.time()}},
+            return_document=ReturnDocument.AFTER,
         )
         return (int(doc["students_done"]), int(doc["n_students"])) if doc else (0, 0)
 
-    async def running_ids(self) -> list[ObjectId]:
-        """Ids of every run in progress (for the recovery sweep)."""
-        cursor = self.runs.find({"status": RunStatus.RUNNING.value}, {"_id": 1})
-        return [doc["_id"] async for doc in cursor]
+    async def running_progress(self) -> list[RunProgress]:
+        """Every run in progress with its progress counter, for the recovery sweep to tell the
+        runs that may need an exact recount from those plainly moving along."""
+        fields = {"students_done": 1, "n_students": 1, "progress_at": 1, "started_at": 1, "created_at": 1}
+        cursor = self.runs.find({"status": RunStatus.RUNNING.value}, fields)
+        return [
+            RunProgress(
+                run_id=str(doc["_id"]),
+                students_done=int(doc.get("students_done", 0)),
+                n_students=int(doc.get("n_students", 0)),
+                last_progress=float(doc.get("progress_at") or doc.get("started_at") or doc.get("created_at") or 0.0),
+            )
+            async for doc in cursor
+        ]
