@@ -51,7 +51,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bson import ObjectId
 from pymongo import monitoring
 
 from broadway.embedded_store import EmbeddedStore
@@ -274,10 +273,10 @@ async def raw_store(url: str, students: int, with_report: bool) -> float:
     """Jobs/s straight through the store layer, 16 concurrent claimers, same store server."""
     store = connect(url)
     await store.ensure_indexes()
-    prepared = prepare_run(run_config(students=students))
-    await store.jobs.insert_many(prepared.jobs)
-    await store.runs.insert(prepared.run_id, prepared.n_students, None, None)
-    await store.jobs.queue_students(prepared.run_id, prepared.n_students)
+    plan = prepare_run(run_config(students=students))
+    await store.jobs.insert_plan(plan)
+    await store.runs.insert(plan.run_id, plan.n_students, None, None)
+    await store.jobs.queue_students(plan.run_id, plan.n_students)
     claimed = 0
 
     async def claimer(n: int) -> None:
@@ -285,7 +284,7 @@ async def raw_store(url: str, students: int, with_report: bool) -> float:
         worker = f"bench-{n}"
         while (job := await store.jobs.claim_next(worker)) is not None:
             if with_report:
-                await store.jobs.report(ObjectId(job.id), worker, job.attempt_id, True, "ok", "fingerprint")
+                await store.jobs.report(job.id, worker, job.attempt_id, True, "ok", "fingerprint")
             claimed += 1
 
     started = time.perf_counter()

@@ -11,39 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-
-from bson import ObjectId
 
 from broadway.callbacks.targets import CallbackTargetError, TargetPolicy, check_callback_url
 from broadway.courses import Owner
 from broadway.models import Job, JobKind, JobStatus, Run, RunStatus
 from broadway.store import Store
-from broadway.store.ids import new_id
-from broadway.store.jobs import new_job_doc
-from broadway.validation import NO_CEILINGS, StageCeilings, SubmissionError, plan_run
+from broadway.store.ids import new_id_text
+from broadway.validation import NO_CEILINGS, RunPlan, StageCeilings, SubmissionError, plan_run
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PreparedRun:
-    run_id: ObjectId
-    jobs: list[dict[str, Any]]
-    n_students: int
-    pre_job_id: ObjectId | None
-    post_job_id: ObjectId | None
-
-
-def prepare_run(config: Any, ceilings: StageCeilings = NO_CEILINGS) -> PreparedRun:
-    """Validate a run config and build every job document. Pure CPU: run it off the event loop."""
-    run_id = new_id()
-    plan = plan_run(config, str(run_id), lambda: str(new_id()), ceilings)
-    jobs = [new_job_doc(ObjectId(job.job_id), run_id, job.kind, job.seq, job.stages, job.student) for job in plan.jobs]
-    pre = ObjectId(plan.pre_job_id) if plan.pre_job_id else None
-    post = ObjectId(plan.post_job_id) if plan.post_job_id else None
-    return PreparedRun(run_id, jobs, plan.n_students, pre, post)
+def prepare_run(config: Any, ceilings: StageCeilings = NO_CEILINGS) -> RunPlan:
+    """Validate a run config and plan every job with fresh ids. Pure CPU: run it off the event loop."""
+    return plan_run(config, new_id_text(), new_id_text, ceilings)
 
 
 class Scheduler:
@@ -74,17 +56,17 @@ class Scheduler:
                 check_callback_url(callback_url, self.callback_policy)
             except CallbackTargetError as e:
                 raise SubmissionError(f"$.callback_url: {e}") from None
-        prepared = await asyncio.to_thread(prepare_run, config, self.ceilings)
+        plan = await asyncio.to_thread(prepare_run, config, self.ceilings)
         # Jobs first, run last: a crash in between leaves only unreachable jobs, never a run
         # with some of its jobs missing.
-        await self.store.jobs.insert_many(prepared.jobs)
+        await self.store.jobs.insert_plan(plan)
         run = await self.store.runs.insert(
-            prepared.run_id, prepared.n_students, prepared.pre_job_id, prepared.post_job_id, callback_url, owner
+            plan.run_id, plan.n_students, plan.pre_job_id, plan.post_job_id, callback_url, owner
         )
         log.info("run %s submitted: %d students", run.id, run.n_students)
         return run
 
-    async def start(self, run_id: ObjectId) -> Run | None:
+    async def start(self, run_id: str) -> Run | None:
         """created -> running, and queue the first jobs. None if the run is not `created`."""
         run = await self.store.runs.mark_started(run_id)
         if run is None:
@@ -93,13 +75,13 @@ class Scheduler:
         await self.advance(run_id)
         return run
 
-    async def advance(self, run_id: ObjectId) -> None:
+    async def advance(self, run_id: str) -> None:
         """Make the next move of a running run, if one is due."""
         run = await self.store.runs.get(run_id)
         if run is None or run.status is not RunStatus.RUNNING:
             return
         if run.pre_job_id:
-            pre = await self.store.jobs.get(ObjectId(run.pre_job_id))
+            pre = await self.store.jobs.get(run.pre_job_id)
             assert pre is not None
             if not pre.status.terminal:
                 await self._queue_one(pre)
@@ -115,7 +97,7 @@ class Scheduler:
         if counts[JobStatus.QUEUED] or counts[JobStatus.RUNNING]:
             return
         if run.post_job_id:
-            post = await self.store.jobs.get(ObjectId(run.post_job_id))
+            post = await self.store.jobs.get(run.post_job_id)
             assert post is not None
             if not post.status.terminal:
                 await self._queue_one(post)
@@ -132,7 +114,7 @@ class Scheduler:
             if job.single is not None and job.single.callback_url:
                 self.on_callback_due()
             return
-        run_id = ObjectId(job.run_id)
+        run_id = job.run_id
         if job.kind is JobKind.STUDENT:
             # Cheap counter first; the exact count in advance() only when it says "maybe all done".
             done, n_students = await self.store.runs.count_student_done(run_id)
@@ -140,7 +122,7 @@ class Scheduler:
                 return
         await self.advance(run_id)
 
-    async def cancel(self, run_id: ObjectId) -> Run | None:
+    async def cancel(self, run_id: str) -> Run | None:
         """Cancel a created or running run and every job not finished. None if it had already ended."""
         run = await self.store.runs.get(run_id)
         if run is None or run.status not in (RunStatus.CREATED, RunStatus.RUNNING):
@@ -164,11 +146,11 @@ class Scheduler:
             self.on_callback_due()
 
     async def _queue_one(self, job: Job) -> None:
-        if job.status is JobStatus.CREATED and await self.store.jobs.queue_one(ObjectId(job.id)):
+        if job.status is JobStatus.CREATED and await self.store.jobs.queue_one(job.id):
             self.on_jobs_queued()
 
     async def _finish(self, run: Run, status: RunStatus, error: str | None = None) -> None:
-        run_id = ObjectId(run.id)
+        run_id = run.id
         if status is RunStatus.FAILED:
             await self.store.jobs.cancel_unstarted(run_id)
         if await self.store.runs.mark_finished(run_id, status, error, self._callback_age(run)):

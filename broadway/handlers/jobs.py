@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bson import ObjectId
 from tornado.iostream import IOStream, StreamClosedError
 
 from broadway.environment import env_as_list
@@ -22,7 +21,7 @@ from broadway.handlers.base import ApiError, APIHandler
 from broadway.liveness import worker_label
 from broadway.models import Job, JobKind, Worker
 from broadway.single_jobs import ending_for
-from broadway.store import StoreUnavailable, parse_id
+from broadway.store import StoreUnavailable, valid_id
 from broadway.store.jobs import ReportOutcome
 from broadway.tokens import digest
 
@@ -117,7 +116,7 @@ class JobHandOut(APIHandler):
     async def _give_back(self, job: Job) -> None:
         services = self.services
         try:
-            if await services.store.jobs.release(ObjectId(job.id), job.attempt_id or ""):
+            if await services.store.jobs.release(job.id, job.attempt_id or ""):
                 log.info("job %s given back: its poller hung up before receiving it", job.id)
                 services.jobs_signal.notify()
         except StoreUnavailable as e:
@@ -163,7 +162,7 @@ class JobHandOut(APIHandler):
                 payload["exercise"] = job.single.exercise
         elif job.kind is not JobKind.STUDENT:
             assert job.run_id is not None
-            students = sorted([s async for s in self.services.store.jobs.roster(ObjectId(job.run_id))], key=_by_seq)
+            students = sorted([s async for s in self.services.store.jobs.roster(job.run_id)], key=_by_seq)
             # As the seed (and 2018 API) sent it: the run's students exactly as submitted. The
             # 2018 grader writes it verbatim to /job/roster.json for post-processing images.
             payload["students"] = [s.student for s in students]
@@ -225,7 +224,7 @@ class GradingJobReportHandler(JobHandOut):
         null at once and "next_refused" says why; the result stays recorded either way.
         """
         worker_id = self.required_str("worker_id")
-        job_id = parse_id(job_id_text)
+        job_id = valid_id(job_id_text)
         wants_next = _bool_arg(self.arg("next"), "next", default=False)
         wait = self._wait_seconds() if wants_next else 0.0
         result = self._result()

@@ -8,13 +8,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bson import ObjectId
 from tornado.iostream import IOStream, StreamClosedError
 
 from broadway.courses import Scope
 from broadway.handlers.base import ApiError, APIHandler, needs_scope, parse_json
 from broadway.models import Job, JobStatus, Run
-from broadway.store import parse_id
+from broadway.store import valid_id
 from broadway.store.run_pages import PAGE_SIZE, PipelineJobs
 from broadway.validation import SubmissionError
 
@@ -52,9 +51,9 @@ class GradingRunsHandler(APIHandler):
 class RunHandler(APIHandler):
     """Base of the handlers of one run, found by the id in the path."""
 
-    async def _run(self, run_id_text: str) -> tuple[Run, ObjectId]:
+    async def _run(self, run_id_text: str) -> tuple[Run, str]:
         """The run, if the caller may see it; 404 otherwise (whether or not it exists)."""
-        run_id = parse_id(run_id_text)
+        run_id = valid_id(run_id_text)
         found = await self.services.store.runs.get_owned(run_id) if run_id else None
         not_found = f"no grading run with id {_short(run_id_text)!r}"
         self.owned(found[1] if found else None, not_found)

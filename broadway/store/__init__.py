@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from broadway.store.connection import Store, StoreUnavailable, connect
-from broadway.store.ids import parse_id
+from broadway.store.ids import new_id_text, parse_id, valid_id
 
-__all__ = ["Store", "StoreUnavailable", "connect", "parse_id"]
+__all__ = ["Store", "StoreUnavailable", "connect", "new_id_text", "parse_id", "valid_id"]

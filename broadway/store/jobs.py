@@ -13,6 +13,7 @@ jobs (they have waited once already), then fresh jobs by their priority (a singl
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import secrets
 import time
@@ -28,7 +29,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from broadway.models import Job, JobKind, JobStatus, SingleFields
 from broadway.store.deliveries import pending_delivery_fields
-from broadway.store.ids import parse_id
+from broadway.store.ids import oid, parse_id
+from broadway.validation import PlannedJob, RunPlan
 
 PRIORITY_PIPELINE = "0"
 PRIORITY_REQUEUED = "1"
@@ -50,11 +52,11 @@ MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 RECORDED_FIELDS = {"stages": 0, "result": 0}
 
 
-def queue_key(priority: str, job_id: ObjectId | None = None) -> str:
+def queue_key(priority: str, job_id: ObjectId | str | None = None) -> str:
     return f"{priority}{time.time_ns():020d}{job_id or ''}"
 
 
-def fresh_key(priority: int = 0, job_id: ObjectId | None = None) -> str:
+def fresh_key(priority: int = 0, job_id: ObjectId | str | None = None) -> str:
     """The queue key of a job queued for the first time: higher `priority` sorts first."""
     return queue_key(f"{PRIORITY_FRESH}{MAX_PRIORITY - priority:04d}", job_id)
 
@@ -136,12 +138,11 @@ class Reaped:
     failed: list[Job]
 
 
-def new_job_doc(
-    job_id: ObjectId, run_id: ObjectId, kind: JobKind, seq: int, stages: list[dict[str, Any]],
-    student: dict[str, str] | None,
-) -> dict[str, Any]:  # fmt: skip
+def new_job_doc(job: PlannedJob, run_id: str) -> dict[str, Any]:
+    """The document of a run's job as planned (broadway/validation.py), not yet queued."""
+    job_id, kind, seq, stages, student = job.job_id, job.kind, job.seq, job.stages, job.student
     doc = {
-        "_id": job_id,
+        "_id": ObjectId(job_id),
         # References are stored as hex strings: nx-27017 cannot match an ObjectId outside _id.
         "run_id": str(run_id),
         "kind": kind.value,
@@ -156,7 +157,7 @@ def new_job_doc(
     return doc
 
 
-def start_chunk(run_id: ObjectId, number: int) -> str:
+def start_chunk(run_id: str, number: int) -> str:
     """The key queue_students moves a run's student jobs by, QUEUE_BATCH at a time."""
     return f"{run_id}:{number}"
 
@@ -180,6 +181,12 @@ class JobStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.jobs = db.jobs
 
+    async def insert_plan(self, plan: RunPlan) -> None:
+        """Store every job of a planned run (status `created`), in small batches. The documents
+        are built in a thread: 100,000 of them take a noticeable time on the event loop."""
+        docs = await asyncio.to_thread(lambda: [new_job_doc(job, plan.run_id) for job in plan.jobs])
+        await self.insert_many(docs)
+
     async def insert_many(self, docs: list[dict[str, Any]]) -> None:
         """Insert job documents in small batches: the store serves one operation at a time, so a
         big batch would hold up every heartbeat and claim behind it."""
@@ -187,11 +194,11 @@ class JobStore:
             with pymongo.timeout(BULK_TIMEOUT_S):
                 await self.jobs.insert_many(docs[start : start + WRITE_BATCH], ordered=False)
 
-    async def get(self, job_id: ObjectId) -> Job | None:
-        doc = await self.jobs.find_one({"_id": job_id})
+    async def get(self, job_id: str) -> Job | None:
+        doc = await self.jobs.find_one({"_id": oid(job_id)})
         return _job(doc) if doc else None
 
-    async def for_run(self, run_id: ObjectId, with_stages: bool = True) -> list[Job]:
+    async def for_run(self, run_id: str, with_stages: bool = True) -> list[Job]:
         """Every job of a run, in submission order (pre, students, post)."""
         projection = None if with_stages else {"stages": 0}
         with pymongo.timeout(BULK_TIMEOUT_S):
@@ -199,16 +206,16 @@ class JobStore:
         kind_order = {JobKind.PRE: 0, JobKind.STUDENT: 1, JobKind.POST: 2}
         return sorted(docs, key=lambda j: (kind_order[j.kind], j.seq))
 
-    async def queue_one(self, job_id: ObjectId) -> bool:
+    async def queue_one(self, job_id: str) -> bool:
         """created -> queued for one (pre/post-processing) job; False if it was not `created`."""
         result = await self.jobs.update_one(
-            {"_id": job_id, "status": JobStatus.CREATED.value},
+            {"_id": oid(job_id), "status": JobStatus.CREATED.value},
             {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(),
                       "queue_key": queue_key(PRIORITY_PIPELINE, job_id)}},
         )  # fmt: skip
         return result.modified_count == 1
 
-    async def queue_students(self, run_id: ObjectId, n_students: int) -> int:
+    async def queue_students(self, run_id: str, n_students: int) -> int:
         """created -> queued for every student job of the run; returns how many moved.
 
         Chunk by chunk, by the `start_chunk` key each student job got at submission (one
@@ -254,10 +261,10 @@ class JobStore:
         )  # fmt: skip
         return _job(doc) if doc else None
 
-    async def release(self, job_id: ObjectId, attempt_id: str) -> bool:
+    async def release(self, job_id: str, attempt_id: str) -> bool:
         """Put a just-claimed job back (its poller hung up before receiving it); the attempt does not count."""
         result = await self.jobs.update_one(
-            {"_id": job_id, "status": JobStatus.RUNNING.value, "attempt_id": attempt_id},
+            {"_id": oid(job_id), "status": JobStatus.RUNNING.value, "attempt_id": attempt_id},
             {"$set": {"status": JobStatus.QUEUED.value, "queue_key": queue_key(PRIORITY_REQUEUED, job_id)},
              "$unset": {"attempt_id": "", "worker": "", "holder": ""}, "$inc": {"attempts": -1}},
         )  # fmt: skip
@@ -269,7 +276,7 @@ class JobStore:
 
     async def report(
         self,
-        job_id: ObjectId,
+        job_id: str,
         worker_ref: str,
         attempt_id: str | None,
         success: bool,
@@ -317,16 +324,20 @@ class JobStore:
         # each case alone from `_id`. Each update is atomic on its own condition, so the outcome
         # is one that the single `$or` could have had at the moment of the second.
         update = {"$set": fields, "$unset": unset}
+        job_oid = oid(job_id)
         for case in (holds, held_last):
             # Not the stages nor the result (up to --max-result-bytes) back: the caller has the result.
             doc = await self.jobs.find_one_and_update(
-                {"_id": job_id, "kind": kind, **case}, update, RECORDED_FIELDS, return_document=ReturnDocument.AFTER
+                {"_id": job_oid, "kind": kind, **case},
+                update,
+                RECORDED_FIELDS,
+                return_document=ReturnDocument.AFTER,
             )
             if doc:
                 doc["result"] = result
                 freed = case is holds
                 return Report(ReportOutcome.RECORDED, _job(doc), freed, bool(doc.get("claimed_legacy", True)))
-        current = await self.jobs.find_one({"_id": job_id})
+        current = await self.jobs.find_one({"_id": oid(job_id)})
         if current is None:
             return Report(ReportOutcome.NOT_FOUND, None)
         same_report = (
@@ -387,7 +398,7 @@ class JobStore:
                 bucket.append(_job(after))
         return Reaped(requeued=requeued, failed=failed)
 
-    async def status_counts(self, run_id: ObjectId, kind: JobKind | None = None) -> dict[JobStatus, int]:
+    async def status_counts(self, run_id: str, kind: JobKind | None = None) -> dict[JobStatus, int]:
         """How many of a run's jobs (of one kind, if given) are in each status."""
         match: dict[str, Any] = {"run_id": str(run_id)}
         if kind is not None:
@@ -399,7 +410,7 @@ class JobStore:
                 counts[JobStatus(row["_id"])] = row["n"]
         return counts
 
-    async def cancel_unstarted(self, run_id: ObjectId) -> int:
+    async def cancel_unstarted(self, run_id: str) -> int:
         """created/queued -> cancelled for every job of a run that has not started."""
         with pymongo.timeout(BULK_TIMEOUT_S):
             result = await self.jobs.update_many(
@@ -411,7 +422,7 @@ class JobStore:
             )
         return result.modified_count
 
-    async def cancel_running(self, run_id: ObjectId) -> int:
+    async def cancel_running(self, run_id: str) -> int:
         """running -> cancelled; the graders' later reports for these jobs are refused (409)."""
         with pymongo.timeout(BULK_TIMEOUT_S):
             result = await self.jobs.update_many(
@@ -420,7 +431,7 @@ class JobStore:
             )
         return result.modified_count
 
-    async def roster(self, run_id: ObjectId) -> AsyncIterator[Job]:
+    async def roster(self, run_id: str) -> AsyncIterator[Job]:
         """The run's student jobs, for the roster handed to pre/post-processing."""
         with pymongo.timeout(BULK_TIMEOUT_S):
             cursor = self.jobs.find({"run_id": str(run_id), "kind": JobKind.STUDENT.value}, {"stages": 0})
