@@ -24,6 +24,7 @@ from broadway.tokens import Tokens, load_or_create, load_or_create_callback_secr
 
 log = logging.getLogger(__name__)
 
+
 def announce_tokens(tokens: Tokens, config: Config) -> None:
     """Show the operator the tokens they did not configure (printed, never logged)."""
     where = config.data_dir / "tokens.json"
