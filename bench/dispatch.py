@@ -43,11 +43,9 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -148,31 +146,8 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class NextJobClient(GraderClient):
-    """GraderClient with the report that asks for the next job (`next=1`), through its own
-    request machinery (kept-alive connections, request count, metrics); to move into
-    GraderClient once the grader uses it."""
-
-    async def report_and_next(
-        self, job_id: str, result: str, success: bool, attempt: str | None, wait: float
-    ) -> tuple[bool, dict[str, Any] | None]:
-        """Deliver a result and ask for the next job in the same request: (recorded, next job or
-        None when the queue stayed empty for `wait` seconds or no slot was free)."""
-        body: dict[str, Any] = {"result": result, "success": success}
-        if attempt:
-            body["attempt"] = attempt
-        params = {"worker_id": self.worker_id, "next": "1", "wait": f"{wait:g}"}
-        path = f"/grading_job/{urllib.parse.quote(job_id, safe='')}"
-        response = await self._call("POST", path, params, body, seconds=wait + self.config.request_timeout_s)
-        if response.code != 200:
-            return False, None
-        answer = json.loads(response.body)
-        job: dict[str, Any] | None = answer.get("next")
-        return True, job
-
-
-def grader_client(api_url: str, n: int) -> NextJobClient:
-    return NextJobClient(GraderConfig(api_url=api_url, token=CLUSTER_TOKEN, name=f"bench-{n}", slots=1))
+def grader_client(api_url: str, n: int) -> GraderClient:
+    return GraderClient(GraderConfig(api_url=api_url, token=CLUSTER_TOKEN, name=f"bench-{n}", slots=1))
 
 
 async def through_api(api: ApiClient, api_proc: CountedApiProcess, students: int) -> RunFigures:
@@ -194,7 +169,7 @@ async def through_api(api: ApiClient, api_proc: CountedApiProcess, students: int
             except TimeoutError:
                 await client.heartbeat(sorted(running))
 
-    async def grader(client: NextJobClient, running: set[str]) -> None:
+    async def grader(client: GraderClient, running: set[str]) -> None:
         # As a grader in steady state: one request per job, the report asking for the next.
         nonlocal done
         job = await client.poll(wait=0.5)

@@ -225,27 +225,68 @@ class GraderClient:
         `error` marks an infrastructure failure (not the student's), which the API keeps apart.
         `kind` is the job's kind from its payload ("single"...), sent back so the API decides a
         single job's grade without looking the job up first."""
-        body: dict[str, Any] = {"result": result, "success": success}
-        if attempt:
-            body["attempt"] = attempt
-        if error:
-            body["error"] = error
-        if kind:
-            body["kind"] = kind
+        body = _report_body(result, success, attempt, error, kind)
+        return await self._send_report(job_id, body, {}) is not None
+
+    async def report_and_next(
+        self,
+        job_id: str,
+        result: str,
+        success: bool,
+        attempt: str | None,
+        error: str | None = None,
+        *,
+        kind: str | None = None,
+        wait: float = 0.0,
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """Deliver a result and ask for this slot's next job in the same request (one round trip
+        per job in steady state): (recorded, the next job or None). None when the queue stayed
+        empty for `wait` seconds, no job could be handed out, or the API is older and answers no
+        `next`: the caller polls as before."""
+        body = _report_body(result, success, attempt, error, kind)
+        params = {"next": "1", "wait": f"{wait:g}"}
+        response = await self._send_report(job_id, body, params, seconds=wait + self.config.request_timeout_s)
+        if response is None:
+            return False, None
+        try:
+            answer = json.loads(response.body or b"{}")
+        except ValueError:
+            return True, None
+        job = answer.get("next") if isinstance(answer, dict) else None
+        return True, job if isinstance(job, dict) else None
+
+    async def _send_report(
+        self, job_id: str, body: dict[str, Any], params: dict[str, str], seconds: float | None = None
+    ) -> HTTPResponse | None:
+        """POST a report until the API answers (an API that is down is waited for); the 200
+        answer, or None when the API refused the result."""
         path = f"/grading_job/{urllib.parse.quote(job_id, safe='')}"
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
             try:
-                response = await self._call("POST", path, {"worker_id": self.worker_id}, body)
+                response = await self._call("POST", path, {"worker_id": self.worker_id, **params}, body, seconds)
             except Unreachable as exc:
                 delay = backoff.next_delay()
                 log.warning("cannot report job %s (%s); retrying in %.1fs", job_id, exc, delay)
                 await asyncio.sleep(delay)
                 continue
             if response.code == 200:
-                return True
+                return response
             log.warning("result of job %s dropped: HTTP %d %s", job_id, response.code, self._error_text(response))
-            return False
+            return None
+
+
+def _report_body(
+    result: str, success: bool, attempt: str | None, error: str | None, kind: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"result": result, "success": success}
+    if attempt:
+        body["attempt"] = attempt
+    if error:
+        body["error"] = error
+    if kind:
+        body["kind"] = kind
+    return body
 
 
 def _call_name(path: str) -> str:

@@ -124,7 +124,7 @@ class Daemon:
                 if job is None:
                     self.slots.release()
             if job is not None:
-                task = asyncio.create_task(self._run_and_report(job), name=f"job {job.get('job_id')}")
+                task = asyncio.create_task(self._work_slot(job), name=f"slot from job {job.get('job_id')}")
                 self.jobs.add(task)
                 task.add_done_callback(self._job_done)
 
@@ -141,7 +141,16 @@ class Daemon:
         except TimeoutError:
             pass
 
-    async def _run_and_report(self, job: dict[str, Any]) -> None:
+    async def _work_slot(self, job: dict[str, Any]) -> None:
+        """Run a job, and the next ones its reports bring back, in one slot: while there is work
+        each job costs one request (its report, which asks for the next). When a report brings
+        none, the slot goes back to the poll loop, which long-polls."""
+        next_job: dict[str, Any] | None = job
+        while next_job is not None:
+            next_job = await self._run_and_report(next_job)
+
+    async def _run_and_report(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """Run one job and report it; returns the next job the report's answer handed this slot."""
         job_id = str(job.get("job_id"))
         self.job_ids.add(job_id)
         metrics.job_started()
@@ -152,18 +161,24 @@ class Daemon:
                 loop = asyncio.get_running_loop()
                 outcome = await loop.run_in_executor(self.threads, self.executor.run_job, job)
             if self.exit_code:
-                return  # cold stop: the job was killed, its result means nothing
+                return None  # cold stop: the job was killed, its result means nothing
             if outcome.aborted or self.executor.aborted(job_id):
                 # The API has already ended it (cancelled) and would refuse the report.
                 log.info("job %s was cancelled: its container was killed and it is not reported", job_id)
                 metrics.job_aborted()
-                return
+                return None
             verdict = "succeeded" if outcome.success else f"failed{': ' + outcome.error if outcome.error else ''}"
             log.info("job %s %s", job_id, verdict)
-            await self.client.report(
-                job_id, outcome.result_json(), outcome.success, job.get("attempt"), outcome.error, kind=job.get("kind")
-            )
+            report = (job_id, outcome.result_json(), outcome.success, job.get("attempt"), outcome.error)
+            if self.stopping.is_set() or not self.executor.healthy:
+                # Stopping, or Docker in trouble: take no more work (the poll loop checks Docker).
+                await self.client.report(*report, kind=job.get("kind"))
+                self.jobs_done += 1
+                return None
+            # wait=0: with nothing queued the slot goes back to the poll loop's long poll at once.
+            _, next_job = await self.client.report_and_next(*report, kind=job.get("kind"), wait=0)
             self.jobs_done += 1
+            return next_job
         finally:
             self.job_ids.discard(job_id)
             self.executor.forget(job_id)
