@@ -308,3 +308,25 @@ async def test_single_jobs_need_the_client_token_and_unknown_ids_are_404(lms_api
     run_status = await api.status(run_job)
     job_of_run = run_status["student_statuses"][0]["job_id"]
     assert (await api.request("GET", f"{JOBS}/{job_of_run}", auth=True)).status == 404, "a run's job is not one"
+
+
+async def test_a_grading_run_with_a_callback_url_is_called_once_when_it_ends(
+    lms_api: ApiClient, receiver: CallbackReceiver
+) -> None:
+    api = lms_api
+    url = receiver.script("/run-done")
+    refused = await api.request(
+        "POST", "/api/v1/grading_run", auth=True,
+        json_body={"student_pipeline": [stage()], "students": [{}], "callback_url": "http://169.254.169.254/"},
+    )  # fmt: skip
+    assert refused.status == 400 and "$.callback_url" in refused.json["error"]
+    run_id = await api.submit_and_start(
+        {"student_pipeline": [stage()], "students": [{"S": "a"}, {"S": "b"}], "callback_url": url}
+    )
+    worker = await api.register(slots=1)
+    await api.work_off(worker)
+    await eventually(lambda: _async(receiver.at("/run-done")), lambda r: len(r) == 1, timeout=10)
+    told = receiver.at("/run-done")[0]
+    assert told.signed_ok
+    assert told.json["grading_run_id"] == run_id and told.json["status"] == "succeeded"
+    assert told.json["counts"]["succeeded"] == 2 and told.json["n_students"] == 2
