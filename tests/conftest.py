@@ -14,6 +14,8 @@ from broadway.config import Config
 from broadway.embedded_store import EmbeddedStore
 from broadway.server import ApiService
 from broadway.tokens import Tokens
+from tests.api.callback_receiver import SECRET as CALLBACK_SECRET
+from tests.api.callback_receiver import CallbackReceiver
 from tests.helpers import CLIENT_TOKEN, CLUSTER_TOKEN, ApiClient
 
 TOKENS = Tokens(cluster=CLUSTER_TOKEN, client=CLIENT_TOKEN, unconfigured=frozenset())
@@ -67,3 +69,11 @@ async def api_service(make_api: MakeApi) -> ApiService:
 @pytest.fixture
 def api(api_service: ApiService) -> ApiClient:
     return ApiClient(api_service.url)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[CallbackReceiver]:
+    """A callback receiver on loopback checking signatures with SECRET; stopped after the test."""
+    started = CallbackReceiver(CALLBACK_SECRET).start()
+    yield started
+    await started.stop()

@@ -31,12 +31,16 @@ class RunClient:
     def _request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> dict[str, Any]:
+        """A JSON request; the JSON answer, or ClientError with a message a person can act on."""
         data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+        return self._send(method, path, data, {"Content-Type": "application/json", **(headers or {})})
+
+    def _send(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> dict[str, Any]:
+        """A request with a body already encoded (JSON, a multipart form); the JSON answer."""
         request = urllib.request.Request(self.api_url + path, data=data, method=method)  # noqa: S310 - http(s) only, checked in __init__
-        request.add_header("Content-Type", "application/json")
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
-        for name, value in (headers or {}).items():
+        for name, value in headers.items():
             request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310

@@ -59,27 +59,7 @@ class JobClient(RunClient):
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        return self._post_bytes("/api/v1/job", payload, headers)
-
-    def _post_bytes(self, path: str, payload: bytes, headers: dict[str, str]) -> dict[str, Any]:
-        # RunClient._request speaks JSON only; this is the same call with a body of our own.
-        request = urllib.request.Request(self.api_url + path, data=payload, method="POST")  # noqa: S310 - http(s), checked
-        for name, value in headers.items():
-            request.add_header(name, value)
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                answer: dict[str, Any] = json.loads(response.read() or b"{}")
-                return answer
-        except urllib.error.HTTPError as exc:
-            raise ClientError(self._explain(exc)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ClientError(
-                f"cannot reach the Broadway API at {self.api_url}: {getattr(exc, 'reason', exc)}"
-            ) from None
-        except ValueError:
-            raise ClientError(f"the API at {self.api_url} did not answer with JSON; is that the right URL?") from None
+        return self._send("POST", "/api/v1/job", payload, headers)
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The job's status and, once it succeeded, its output."""

@@ -111,3 +111,8 @@ class CallbackReceiver:
         if self._server is not None:
             self._server.stop()
             await self._server.close_all_connections()
+
+
+# The secret the API under test signs with, and the receiver checks (the `receiver` fixture
+# in tests/conftest.py).
+SECRET = "callback-secret-" + "e" * 32

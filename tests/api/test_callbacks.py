@@ -28,20 +28,11 @@ from broadway.server import announce_tokens
 from broadway.store import Store, connect
 from broadway.store.ids import new_id
 from broadway.tokens import load_or_create
-from tests.api.callback_receiver import HANG, CallbackReceiver
+from tests.api.callback_receiver import HANG, SECRET, CallbackReceiver
 from tests.conftest import MakeApi
 from tests.conftest import test_config as make_test_config
 from tests.helpers import eventually
 from tests.processes import ApiProcess
-
-SECRET = "callback-secret-" + "e" * 32
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[CallbackReceiver]:
-    r = CallbackReceiver(SECRET).start()
-    yield r
-    await r.stop()
 
 
 @pytest.fixture

@@ -6,18 +6,16 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests.api.callback_receiver import CallbackReceiver
+from tests.api.callback_receiver import SECRET, CallbackReceiver
 from tests.conftest import MakeApi
 from tests.helpers import ApiClient, Response, eventually, stage
 
 JOBS = "/api/v1/job"
-SECRET = "callback-secret-" + "f" * 32
 
 
 def b64(data: bytes) -> str:
@@ -64,13 +62,6 @@ def graded(response: Any, exit_code: int = 0) -> str:
 
 async def report(api: ApiClient, worker: str, job: dict[str, Any], result: str, **extra: Any) -> Response:
     return await api.report(worker, job["job_id"], result=result, attempt=job["attempt"], **extra)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[CallbackReceiver]:
-    r = CallbackReceiver(SECRET).start()
-    yield r
-    await r.stop()
 
 
 @pytest.fixture

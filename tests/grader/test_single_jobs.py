@@ -8,13 +8,12 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import docker
 import pytest
 
-from tests.api.callback_receiver import CallbackReceiver
+from tests.api.callback_receiver import SECRET, CallbackReceiver
 from tests.api.test_single_jobs import multipart
 from tests.conftest import MakeApi
 from tests.docker_fixtures import broadway_containers
@@ -22,7 +21,6 @@ from tests.grader.conftest import StartGrader
 from tests.helpers import ApiClient, eventually, stage
 
 JOBS = "/api/v1/job"
-SECRET = "callback-secret-" + "e" * 32
 HEARTBEAT_S = 1.0
 RESPONSE = '{"success": true, "grade": 9, "comments": ["ok"]}'
 
@@ -33,13 +31,6 @@ def sh(image: str, script: str) -> dict[str, Any]:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[CallbackReceiver]:
-    r = CallbackReceiver(SECRET).start()
-    yield r
-    await r.stop()
 
 
 @pytest.fixture
