@@ -23,6 +23,8 @@ COURSE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_RATE_PER_SECOND = 10_000.0
 MAX_BURST = 1_000_000
 MAX_WEIGHT = 1000.0
+# Above any real queue, and inside what the store can hold (64-bit integers).
+MAX_QUEUED = 10_000_000
 
 
 class CourseError(ValueError):
@@ -164,8 +166,10 @@ def check_course_fields(body: Any, creating: bool) -> dict[str, Any]:
         fields["weight"] = float(weight)
     if "max_queued" in body:
         value = body["max_queued"]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise CourseError("$.max_queued must be a positive integer, or null for no limit")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_QUEUED
+        ):
+            raise CourseError(f"$.max_queued must be an integer from 1 to {MAX_QUEUED}, or null for no limit")
         fields["max_queued"] = value
     if "rate" in body:
         fields["rate"] = check_rate(body["rate"])

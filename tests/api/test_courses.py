@@ -42,6 +42,7 @@ async def test_bad_course_definitions_are_400_naming_the_field(api: ApiClient) -
         ({"name": "c", "rate": {"per_second": -1}}, "$.rate.per_second"),
         ({"name": "c", "rate": {"per_second": 1, "burst": 0}}, "$.rate.burst"),
         ({"name": "c", "max_queued": 0}, "$.max_queued"),
+        ({"name": "c", "max_queued": 10**30}, "$.max_queued"),
         ({"name": "c", "colour": "red"}, "colour"),
     ]
     for body, named in cases:
