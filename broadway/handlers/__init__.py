@@ -12,19 +12,6 @@ from broadway.handlers import (
     single_jobs,
     workers,
 )
-from broadway.handlers.base import SELF_AUTHENTICATED
-
-# Graders' endpoints authenticate themselves (the cluster token at registration, the worker id
-# after): the deny-by-default client authorization of handlers/base.py does not apply to them.
-# (The same line may move into each class as `access = SELF_AUTHENTICATED`.)
-for _grader_handler in (
-    jobs.GradingJobPollHandler,
-    jobs.GradingJobReportHandler,
-    workers.WorkerRegisterHandler,
-    workers.HeartbeatHandler,
-    job_files.JobFileHandler,
-):
-    _grader_handler.access = SELF_AUTHENTICATED
 
 default_handlers = (
     health.default_handlers

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import urllib.parse
 
-from broadway.handlers.base import ApiError, APIHandler
+from broadway.handlers.base import SELF_AUTHENTICATED, ApiError, APIHandler
 from broadway.models import JobStatus
 from broadway.tokens import digest
 
 
 class JobFileHandler(APIHandler):
+    # A grader's endpoint: it checks its own credentials (cluster token, worker id), not a client's.
+    access = SELF_AUTHENTICATED
+
     async def get(self, job_id: str, quoted_name: str) -> None:
         """The file's bytes, streamed chunk by chunk from GridFS (never whole in memory).
 

@@ -17,7 +17,7 @@ from typing import Any
 from tornado.iostream import IOStream, StreamClosedError
 
 from broadway.environment import env_as_list
-from broadway.handlers.base import ApiError, APIHandler
+from broadway.handlers.base import SELF_AUTHENTICATED, ApiError, APIHandler
 from broadway.liveness import worker_label
 from broadway.models import Job, JobKind, Worker
 from broadway.single_jobs import ending_for
@@ -194,6 +194,9 @@ def _peer_closed(sock: socket.socket | None) -> bool:
 
 
 class GradingJobPollHandler(JobHandOut):
+    # A grader's endpoint: it checks its own credentials (cluster token, worker id), not a client's.
+    access = SELF_AUTHENTICATED
+
     async def get(self) -> None:
         """The next queued job, or 412 when the queue stayed empty (up to `wait` seconds, or
         --poll-hold when the poll names no `wait`, as the 2018 grader's do)."""
@@ -212,6 +215,9 @@ def _as_is(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 class GradingJobReportHandler(JobHandOut):
+    # A grader's endpoint: it checks its own credentials (cluster token, worker id), not a client's.
+    access = SELF_AUTHENTICATED
+
     async def post(self, job_id_text: str) -> None:
         """Record the result of a job that this worker holds; 409 (and no change) otherwise.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from broadway.handlers.base import ApiError, APIHandler
+from broadway.handlers.base import SELF_AUTHENTICATED, ApiError, APIHandler
 from broadway.liveness import worker_label
 from broadway.tokens import digest, new_secret, same_secret
 
@@ -14,6 +14,9 @@ MAX_SLOTS = 64
 
 
 class WorkerRegisterHandler(APIHandler):
+    # A grader's endpoint: it checks its own credentials (cluster token, worker id), not a client's.
+    access = SELF_AUTHENTICATED
+
     async def get(self) -> None:
         """Register with the cluster token; answers a fresh worker id and the heartbeat interval."""
         token = self.arg("token") or self.bearer_token()
@@ -44,6 +47,9 @@ class WorkerRegisterHandler(APIHandler):
 
 
 class HeartbeatHandler(APIHandler):
+    # A grader's endpoint: it checks its own credentials (cluster token, worker id), not a client's.
+    access = SELF_AUTHENTICATED
+
     async def post(self) -> None:
         """Extend the worker's lease; 404 tells a grader it is unknown and must register again.
 
