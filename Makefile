@@ -37,6 +37,8 @@ bench: venv docker
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/callbacks.py
+	$(BIN)/python bench/callbacks_delivery.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
