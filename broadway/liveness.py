@@ -13,7 +13,7 @@ from broadway import metrics
 from broadway.config import Config
 from broadway.models import Job, Worker
 from broadway.scheduler import Scheduler
-from broadway.store import Store, StoreUnavailable
+from broadway.store import Store, is_store_failure
 from broadway.store.jobs import Reaped
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,11 @@ class Reaper:
             if self.ticks % RECOVERY_EVERY_TICKS == 0:
                 await self.advance_running_runs()
             self.ticks += 1
-        except StoreUnavailable as e:
-            log.warning("reaper: store unavailable: %s", e)
-        except Exception:
-            log.exception("reaper sweep failed")
+        except Exception as e:
+            if is_store_failure(e):
+                log.warning("reaper: store unavailable: %s", e)
+            else:
+                log.exception("reaper sweep failed")
         finally:
             self._busy = False
 

@@ -30,7 +30,7 @@ from broadway import metrics
 from broadway.callbacks.bodies import encode, job_body, run_body
 from broadway.callbacks.sender import AttemptResult, CallbackSender, Outcome
 from broadway.callbacks.targets import host_for_log
-from broadway.store.connection import StoreUnavailable
+from broadway.store.connection import is_store_failure
 from broadway.store.deliveries import ClaimedDelivery, DeliveryStore
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,12 @@ class Deliverer:
                 if self._store_down:
                     log.info("callbacks: the store is reachable again")
                     self._store_down = False
-            except StoreUnavailable as e:
-                if not self._store_down:
+            except Exception as e:
+                if not is_store_failure(e):
+                    log.exception("callbacks: claiming failed; retrying")
+                elif not self._store_down:
                     log.warning("callbacks: store unavailable (%s); retrying", e)
-                self._store_down = True
-            except Exception:
-                log.exception("callbacks: claiming failed; retrying")
+                self._store_down = self._store_down or is_store_failure(e)
             # A timer rather than asyncio.wait_for: on Python 3.11, cancelling a wait_for whose
             # inner wait is completing at that moment can leave the task stuck (seen at stop).
             timer = asyncio.get_running_loop().call_later(self.scan_interval_s, self._wake.set)
@@ -144,11 +144,12 @@ class Deliverer:
         what = f"{claimed.kind} {claimed.owner_id}"
         try:
             await self._attempt(claimed, what)
-        except StoreUnavailable as e:
-            # The lease runs out and the delivery is tried again; nothing is lost.
-            log.warning("callbacks: %s: store unavailable while recording the attempt (%s)", what, e)
-        except Exception:
-            log.exception("callbacks: %s: delivery failed unexpectedly; it will be retried", what)
+        except Exception as e:
+            if is_store_failure(e):
+                # The lease runs out and the delivery is tried again; nothing is lost.
+                log.warning("callbacks: %s: store unavailable while recording the attempt (%s)", what, e)
+            else:
+                log.exception("callbacks: %s: delivery failed unexpectedly; it will be retried", what)
 
     async def _attempt(self, claimed: ClaimedDelivery, what: str) -> None:
         now = self.clock()

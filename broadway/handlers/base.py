@@ -33,7 +33,7 @@ from broadway.liveness import Reaper
 from broadway.models import Worker
 from broadway.redaction import redact
 from broadway.scheduler import Scheduler
-from broadway.store import Store, StoreUnavailable
+from broadway.store import Store, is_store_failure
 from broadway.store.courses import CourseStore
 from broadway.store.rate_limits import RateLimitStore
 from broadway.tokens import Tokens, digest
@@ -276,7 +276,7 @@ class APIHandler(tornado.web.RequestHandler):
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
-        if exc_info and isinstance(exc_info[1], StoreUnavailable):
+        if exc_info and is_store_failure(exc_info[1]):
             status_code = 503
         super().send_error(status_code, **kwargs)
 
@@ -286,7 +286,7 @@ class APIHandler(tornado.web.RequestHandler):
         return f"{self.request.method} {redact(self.request.uri or '')} ({self.request.remote_ip})"
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, StoreUnavailable):
+        if is_store_failure(value):
             log.warning("%s %s: store unavailable: %s", self.request.method, self.request.path, value)
         elif isinstance(value, tornado.web.HTTPError):
             if not isinstance(value, ApiError):
@@ -301,7 +301,7 @@ class APIHandler(tornado.web.RequestHandler):
             message = exc.message
             for name, value in exc.headers.items():
                 self.set_header(name, value)
-        elif isinstance(exc, StoreUnavailable):
+        elif exc is not None and is_store_failure(exc):
             message = "the store is unavailable; try again shortly"
             self.set_header("Retry-After", "1")
         elif status_code >= 500:

@@ -7,7 +7,7 @@ from importlib import resources
 
 from broadway import __version__
 from broadway.handlers.base import APIHandler, public
-from broadway.store import StoreUnavailable
+from broadway.store import is_store_failure
 
 
 class HealthHandler(APIHandler):
@@ -18,7 +18,9 @@ class HealthHandler(APIHandler):
         try:
             await services.store.ping(seconds=min(2.0, services.config.store_timeout_s))
             workers = await services.store.workers.count_alive()
-        except StoreUnavailable as e:
+        except Exception as e:
+            if not is_store_failure(e):
+                raise
             self.write_json({"status": "unhealthy", "store": "unreachable", "error": str(e)[:300]}, status=503)
             return
         self.write_json({"status": "ok", "store": "ok", "workers_alive": workers, "version": __version__})

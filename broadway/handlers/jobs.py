@@ -21,7 +21,7 @@ from broadway.handlers.base import SELF_AUTHENTICATED, ApiError, APIHandler
 from broadway.liveness import worker_label
 from broadway.models import Job, JobKind, Worker
 from broadway.single_jobs import ending_for
-from broadway.store import StoreUnavailable, valid_id
+from broadway.store import is_store_failure, valid_id
 from broadway.store.jobs import ReportOutcome
 from broadway.tokens import digest
 
@@ -119,7 +119,9 @@ class JobHandOut(APIHandler):
             if await services.store.jobs.release(job.id, job.attempt_id or ""):
                 log.info("job %s given back: its poller hung up before receiving it", job.id)
                 services.jobs_signal.notify()
-        except StoreUnavailable as e:
+        except Exception as e:
+            if not is_store_failure(e):
+                raise
             # Still `running` under a worker nobody hears from: its lease runs out and the reaper requeues it.
             log.warning("job %s could not be given back (store unavailable: %s)", job.id, e)
 

@@ -24,6 +24,17 @@ from broadway.store.workers import WorkerStore
 # Raised by any store call when the database cannot be reached; the API answers 503.
 StoreUnavailable = ConnectionFailure
 
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether an exception means the store could not be reached (answer 503, retry later).
+
+    Besides StoreUnavailable: PyMongo's async Condition on Python < 3.13 can raise RuntimeError
+    "cannot wait on un-acquired lock" from server selection while the store is down (PYTHON-5167;
+    seen here when the embedded store was stopped, then killed).
+    """
+    return isinstance(exc, StoreUnavailable) or (isinstance(exc, RuntimeError) and "un-acquired lock" in str(exc))
+
+
 DEFAULT_DB = "broadway"
 
 

@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+from broadway.store import StoreUnavailable, is_store_failure
 from tests.helpers import ApiClient, eventually, run_config
 from tests.processes import ApiProcess
 
@@ -47,3 +48,11 @@ async def test_store_hung_then_killed_503_then_recovery(tmp_path: Path) -> None:
         assert "restarting it" in log and "Traceback" not in log
     finally:
         await asyncio.to_thread(api_proc.stop)
+
+
+def test_the_drivers_lock_error_while_the_store_is_down_counts_as_the_store_being_down() -> None:
+    # PyMongo's async Condition on Python < 3.13 (PYTHON-5167) raised this from server selection
+    # while the embedded store was stopped then killed: a 503 and a warning, not a 500 and a traceback.
+    assert is_store_failure(RuntimeError("cannot wait on un-acquired lock"))
+    assert is_store_failure(StoreUnavailable("no server"))
+    assert not is_store_failure(RuntimeError("something else went wrong"))
