@@ -16,6 +16,7 @@ from typing import Any
 from broadway.callbacks.targets import CallbackTargetError, TargetPolicy, check_callback_url
 from broadway.courses import Owner
 from broadway.models import Job, JobKind, JobStatus, Run, RunStatus
+from broadway.run_progress import RunProgress
 from broadway.store import Store
 from broadway.store.ids import new_id_text
 from broadway.validation import NO_CEILINGS, RunPlan, StageCeilings, SubmissionError, plan_run
@@ -38,6 +39,7 @@ class Scheduler:
         callback_max_age_s: float = 24 * 3600.0,
     ) -> None:
         self.store = store
+        self.progress = RunProgress(store.runs.count_student_done)
         self.ceilings = ceilings
         # Wakes long-polling graders in this process (see dispatch.JobSignal).
         self.on_jobs_queued = on_jobs_queued
@@ -116,8 +118,9 @@ class Scheduler:
             return
         run_id = job.run_id
         if job.kind is JobKind.STUDENT:
-            # Cheap counter first; the exact count in advance() only when it says "maybe all done".
-            done, n_students = await self.store.runs.count_student_done(run_id)
+            # Cheap counter first (reports finishing together share its write); the exact count
+            # in advance() only when it says "maybe all done".
+            done, n_students = await self.progress.student_done(run_id)
             if done < n_students:
                 return
         await self.advance(run_id)

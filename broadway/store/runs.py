@@ -109,15 +109,15 @@ class RunStore:
         result = await self.runs.update_one({"_id": oid(run_id), "status": {"$in": unfinished}}, {"$set": fields})
         return result.modified_count == 1
 
-    async def count_student_done(self, run_id: str) -> tuple[int, int]:
-        """Count one more finished student job; returns (students done, students in the run).
+    async def count_student_done(self, run_id: str, finished: int = 1) -> tuple[int, int]:
+        """Count `finished` more finished student jobs; returns (students done, students in the run).
 
         Only a hint that the students may all be done (a crash between a job's report and this
         increment leaves it low); the scheduler confirms with an exact count before acting.
         """
         doc = await self.runs.find_one_and_update(
             {"_id": oid(run_id)},
-            {"$inc": {"students_done": 1}, "$set": {"progress_at": time.time()}},
+            {"$inc": {"students_done": finished}, "$set": {"progress_at": time.time()}},
             return_document=ReturnDocument.AFTER,
         )
         return (int(doc["students_done"]), int(doc["n_students"])) if doc else (0, 0)
