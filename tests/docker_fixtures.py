@@ -39,7 +39,9 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
 
 def broadway_containers(client: docker.DockerClient) -> list[str]:
     """Ids of every container any grader started and has not removed."""
-    return [c.id for c in client.containers.list(all=True, filters={"label": LABEL})]
+    # sparse: the ids from the list call alone. Without it the SDK inspects each container in
+    # turn, and one removed in between (a stage ending) raised NotFound in the middle of a test.
+    return [c.id for c in client.containers.list(all=True, filters={"label": LABEL}, sparse=True)]
 
 
 @pytest.fixture(scope="session")
