@@ -160,5 +160,4 @@ class Reaper:
             if everything or ((maybe_done or stalled) and not recounted_lately):
                 self._recounted[run.run_id] = now
                 await self.scheduler.advance(run.run_id)
-        live = {run_id for run_id, at in self._recounted.items() if now - at < every}
-        self._recounted = {run_id: self._recounted[run_id] for run_id in live}
+        self._recounted = {run_id: at for run_id, at in self._recounted.items() if now - at < every}

@@ -68,13 +68,12 @@ class HeartbeatHandler(APIHandler):
         if worker is None:
             raise ApiError(404, "unknown worker (never registered): register again")
         answer: dict[str, list[str]] = {}
-        if running:
+        if running is not None:
             await services.reaper.reconcile(worker, running)
+        if running:
             # Jobs cancelled while running: the grader kills their containers (the 2018 grader,
             # which names no jobs, runs them to the end and has its report refused).
             answer["abort"] = await services.store.jobs.cancelled_among(running)
-        elif running is not None:
-            await services.reaper.reconcile(worker, running)
         self.write_json(answer)
 
     def _running_jobs(self) -> frozenset[str] | None:
