@@ -94,7 +94,8 @@ async def test_files_in_directories_and_the_last_stages_stdout_alone(
     job = await ended(lms, job_id)
     assert job["status"] == "succeeded", job
     assert job["output"]["grade"] == 9
-    assert job["output"]["stages"][0]["output"].startswith("#define X")
+    # The stage saw the file (stdout and stderr interleave in any order in the captured output).
+    assert "#define X" in job["output"]["stages"][0]["output"]
 
 
 async def test_result_json_is_the_grade_and_an_invalid_one_fails_the_job(
