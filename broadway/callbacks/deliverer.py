@@ -159,8 +159,14 @@ class Deliverer:
             return
         host = host_for_log(claimed.url)
         if now > claimed.expires:
-            await self.store.mark_given_up(claimed, now, "expired before it could be sent")
-            log.warning("callbacks: %s to %s expired before it could be sent; given up", what, host)
+            # A retry that came due in time can be claimed after its expiry on a busy process:
+            # the reason still says what the attempts before it got.
+            earlier = await self.store.attempts_for(claimed.owner_id) if claimed.attempt > 1 else []
+            reason = "expired before it could be sent"
+            if earlier:
+                reason = f"expired after {len(earlier)} attempts; last: {earlier[-1].error}"
+            await self.store.mark_given_up(claimed, now, reason)
+            log.warning("callbacks: %s to %s given up: %s", what, host, reason)
             return
         new_body = None
         body = claimed.body
