@@ -81,15 +81,26 @@ class JobOutcome:
     response_error: str | None = None
     # The API cancelled the job while it ran: its containers were killed, nothing is reported.
     aborted: bool = False
+    # An Orca job's GradingJobResult (grader/orca_runner.py), reported as result["orca_result"].
+    orca_result: dict[str, Any] | None = None
 
     @property
     def success(self) -> bool:
+        if self.orca_result is not None:
+            # As Orca has it: a successful GradingJobResult always has `output`; an abort has none.
+            return self.error is None and "output" in self.orca_result
         return self.error is None and bool(self.stages) and all(stage.passed for stage in self.stages)
 
     def result_json(self, max_bytes: int = RESULT_BUDGET_BYTES) -> str:
         """The result as the API stores it. Kept under max_bytes by trimming the stages' outputs
         (each keeps its tail): the API cuts longer results, which would leave broken JSON."""
         stages = [_stage_fields(stage) for stage in self.stages]
+        if self.orca_result is not None:
+            from grader.orca_runner import fit_orca_result
+
+            # The stage summary is small (no output): the shell responses take the rest of the budget.
+            overhead = len(self._encode(stages).encode()) - len(json.dumps(self.orca_result).encode())
+            self.orca_result = fit_orca_result(self.orca_result, max_bytes - overhead)
         text = self._encode(stages)
         share = max_bytes // max(len(stages), 1)
         while len(text.encode()) > max_bytes and share > 256:
@@ -111,6 +122,8 @@ class JobOutcome:
             result["response"] = self.response
         if self.response_error is not None:
             result["response_error"] = self.response_error
+        if self.orca_result is not None:
+            result["orca_result"] = self.orca_result
         return json.dumps(result)
 
     def take_response(self, job_dir: Path) -> None:
@@ -227,6 +240,12 @@ class Executor:
                     break
                 if self.aborted(job_id):
                     break
+                if "orca" in stage:
+                    # Imported here: the runner builds on this module's container settings.
+                    from grader.orca_runner import run_orca_stage
+
+                    run_orca_stage(self, stage, job_dir, job_id, outcome)
+                    break  # an Orca job is its one stage
                 result = self._run_stage(stage, job_dir, job_id, exercise, keep_stdout=single)
                 outcome.stages.append(result)
                 if not result.passed:
@@ -240,7 +259,7 @@ class Executor:
                 metrics.docker_error("run")
         finally:
             outcome.aborted = self.aborted(job_id)
-            if single and not outcome.aborted:
+            if single and not outcome.aborted and outcome.orca_result is None:
                 outcome.take_response(job_dir)
             shutil.rmtree(job_dir, ignore_errors=True)
             job_dir.with_name(job_dir.name + ".exercise").unlink(missing_ok=True)
@@ -303,7 +322,24 @@ class Executor:
         for note in given.clamped:
             log.info("job %s: %s %r -> %s (%s)", job_id, note["limit"], note["asked"], note["given"], note["reason"])
         options = container_options(stage, self.limits, job_dir, given, exercise)
-        options["labels"] = {LABEL: self.instance, "broadway.job": job_id}
+        container, aborted = self.create_container(image, options, job_id)
+        try:
+            if self._stopping.is_set():  # a cold stop came while the container was being created
+                raise InfrastructureError("the grader was stopped")
+            if aborted:  # so did an abort: the container never starts
+                return StageResult(image=image, exit_code=None)
+            result = self._watch(container, image, given.timeout_s, job_dir, keep_stdout)
+            result.limits = self.limits.report(given)
+            result.clamped = given.clamped
+            metrics.stage_finished(image, result.duration_s, result.exit_code, result.timed_out)
+            return result
+        finally:
+            self.release_container(container)
+
+    def create_container(self, image: str, options: dict[str, Any], job_id: str) -> tuple[Container, bool]:
+        """A container of the job, labelled for the leftover sweep and known to kill_all/abort
+        until release_container; also whether the job was aborted meanwhile (then don't start it)."""
+        options = {**options, "labels": {LABEL: self.instance, "broadway.job": job_id}}
         try:
             try:
                 container = self.docker.containers.create(image, **options)
@@ -318,21 +354,18 @@ class Executor:
             self._live[container.id] = (job_id, container)
             aborted = job_id in self._aborted
         metrics.container_started()
-        try:
-            if self._stopping.is_set():  # a cold stop came while the container was being created
-                raise InfrastructureError("the grader was stopped")
-            if aborted:  # so did an abort: the container never starts
-                return StageResult(image=image, exit_code=None)
-            result = self._watch(container, image, given.timeout_s, job_dir, keep_stdout)
-            result.limits = self.limits.report(given)
-            result.clamped = given.clamped
-            metrics.stage_finished(image, result.duration_s, result.exit_code, result.timed_out)
-            return result
-        finally:
-            with self._lock:
-                self._live.pop(container.id, None)
-            _remove(container)
-            metrics.container_removed()
+        return container, aborted
+
+    def release_container(self, container: Container) -> None:
+        """Forget and remove a container create_container made."""
+        with self._lock:
+            self._live.pop(container.id, None)
+        _remove(container)
+        metrics.container_removed()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def _watch(
         self, container: Container, image: str, timeout: float, job_dir: Path, keep_stdout: bool = False

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-OUTPUT = "output"
-ABORT = "abort"
-NEXT = "next"
+OUTPUT: Final = "output"
+ABORT: Final = "abort"
+NEXT: Final = "next"
 RESERVED = (NEXT, OUTPUT, ABORT)
 PREDICATES = ("exists", "file", "dir")
 # Each command is a container exec and a shell response in the result: bound them.
