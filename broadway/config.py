@@ -65,6 +65,11 @@ class Config:
     jwt_key: str | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    # Grader images (POST /api/v1/grader_images): the largest `docker save` archive a builder may
+    # upload, and how long a build may stay `building` before it is queued again (or failed once
+    # it has had --max-attempts): a builder that died, or hung, does not hold it for ever.
+    max_image_bytes: int = 4096 * MiB
+    build_timeout_s: float = 1800.0
 
     @property
     def effective_worker_timeout(self) -> float:
@@ -116,6 +121,10 @@ class Config:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 problems.append(f"--callback-allow-networks: {network!r} is not a network (e.g. 10.0.0.0/8)")
+        if args.max_image_mb < 1:
+            problems.append("--max-image-mb must be at least 1")
+        if not args.build_timeout > 0:
+            problems.append("--build-timeout must be positive")
         if not 0 <= args.port <= 65535:
             problems.append("--port must be between 0 and 65535")
         jwt_key = args.jwt_key or env.get("BROADWAY_JWT_KEY") or None
@@ -153,6 +162,8 @@ class Config:
             jwt_key=jwt_key,
             jwt_audience=args.jwt_audience or None,
             jwt_issuer=args.jwt_issuer or None,
+            max_image_bytes=args.max_image_mb * MiB,
+            build_timeout_s=args.build_timeout,
         )
 
 
@@ -223,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--callback-allow-networks",
         help="comma-separated networks callbacks may target, e.g. 10.0.0.0/8,192.0.2.0/24 (default: any "
         "but link-local and cloud metadata, which are always refused)",
+    )
+    p.add_argument(
+        "--max-image-mb",
+        type=int,
+        default=4096,
+        help="largest grader image archive (gzip'd docker save) a builder may upload, in MiB (default 4096)",
+    )
+    p.add_argument(
+        "--build-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds a grader image build may stay 'building' before it is queued again, or failed after "
+        "--max-attempts (default 1800)",
     )
     p.add_argument(
         "--log-format",

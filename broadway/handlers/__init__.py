@@ -4,6 +4,7 @@ from broadway.handlers import (
     assignments,
     courses,
     dashboard,
+    grader_images,
     health,
     job_files,
     jobs,
@@ -22,6 +23,7 @@ default_handlers = (
     + single_jobs.default_handlers
     + assignments.default_handlers
     + courses.default_handlers
+    + grader_images.default_handlers
     + metrics.default_handlers
     + dashboard.default_handlers
 )

@@ -198,11 +198,14 @@ class APIHandler(tornado.web.RequestHandler):
     # -- auth --------------------------------------------------------------------------------
 
     def bearer_token(self) -> str | None:
+        """The client token: `Authorization: Bearer <token>`, else Orca's `x-api-key: <token>`
+        (Orca's clients send a course token or the admin client token that way)."""
         header = self.request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-        return None
+        api_key = self.request.headers.get("x-api-key", "").strip()
+        return api_key or None
 
     async def authorize(self) -> None:
         """Deny by default: let the request through only as its method (or class) declared."""

@@ -18,10 +18,12 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from broadway.environment import env_as_list
 from broadway.handlers.base import SELF_AUTHENTICATED, ApiError, APIHandler
+from broadway.handlers.grader_images import build_payload, sweeper
 from broadway.liveness import worker_label
 from broadway.models import Job, JobKind, Worker
 from broadway.single_jobs import ending_for
 from broadway.store import is_store_failure, valid_id
+from broadway.store.images import ImageBuild
 from broadway.store.jobs import ReportOutcome
 from broadway.tokens import digest
 
@@ -40,6 +42,11 @@ class Claimer:
     @property
     def legacy(self) -> bool:
         return self.worker is not None and self.worker.legacy
+
+    @property
+    def builds(self) -> bool:
+        """Started with --build: it is handed grader image builds, before any job."""
+        return self.worker is not None and bool(self.worker.extra.get("build"))
 
 
 class JobHandOut(APIHandler):
@@ -64,16 +71,24 @@ class JobHandOut(APIHandler):
             worker = await services.reaper.revive(worker)
         if worker is None:
             raise ApiError(404, "unknown worker (never registered): register again")
+        if worker.extra.get("build"):
+            held += len(await services.store.images.held_by(worker.ref))
         if held >= worker.slots:
             raise ApiError(409, f"this worker already runs {held} job(s) with {worker.slots} slot(s): report one first")
         return Claimer(worker.ref, worker_label(worker), worker)
 
-    async def _next_job(self, claimer: Claimer, wait: float) -> Job | None:
-        """Claim the next queued job for `claimer`, waiting up to `wait` seconds for one; None if
-        none came, or the client hung up meanwhile."""
+    async def _next_job(self, claimer: Claimer, wait: float) -> Job | ImageBuild | None:
+        """Claim the next queued job for `claimer` (for a builder, a queued image build first),
+        waiting up to `wait` seconds for one; None if none came, or the client hung up meanwhile."""
         services = self.services
         deadline = time.monotonic() + wait
         while not self._poller_gone():
+            if claimer.builds:
+                # Builds are what jobs in the holding pen wait for: they go first.
+                await sweeper(self).sweep(services)
+                build = await services.store.images.claim_next(claimer.ref, services.config.build_timeout_s)
+                if build is not None:
+                    return build
             job = await services.store.jobs.claim_next(claimer.ref, claimer.legacy)
             if job is not None:
                 return job
@@ -83,7 +98,7 @@ class JobHandOut(APIHandler):
             await services.jobs_signal.wait(min(remaining, services.config.poll_recheck_interval))
         return None
 
-    async def _hand_out(self, job: Job, claimer: Claimer, answer: Callable[[dict[str, Any]], Any]) -> bool:
+    async def _hand_out(self, job: Job | ImageBuild, claimer: Claimer, answer: Callable[[dict[str, Any]], Any]) -> bool:
         """Send a claimed job (its payload wrapped by `answer`) to its poller, or give it back if
         the poller is gone; whether it was delivered.
 
@@ -97,9 +112,13 @@ class JobHandOut(APIHandler):
         services = self.services
         delivered = False
         try:
-            if claimer.worker is not None and claimer.legacy:
-                await services.reaper.hold_for_job(claimer.worker, job)
-            body = json.dumps(answer(await self._job_payload(job)))
+            if isinstance(job, ImageBuild):
+                payload = build_payload(job)
+            else:
+                if claimer.worker is not None and claimer.legacy:
+                    await services.reaper.hold_for_job(claimer.worker, job)
+                payload = await self._job_payload(job)
+            body = json.dumps(answer(payload))
             if not self._poller_gone():
                 self.set_status(200)
                 await self.finish(body)
@@ -109,14 +128,20 @@ class JobHandOut(APIHandler):
         finally:
             if not delivered:
                 await self._give_back(job)
-        if delivered:
+        if delivered and isinstance(job, ImageBuild):
+            log.info("image build %s (attempt %d) -> worker %s", job.sha[:12], job.attempts, claimer.label)
+        elif delivered:
             log.info("job %s (attempt %d) -> worker %s", job.id, job.attempts, claimer.label)
         return delivered
 
-    async def _give_back(self, job: Job) -> None:
+    async def _give_back(self, job: Job | ImageBuild) -> None:
         services = self.services
         try:
-            if await services.store.jobs.release(job.id, job.attempt_id or ""):
+            if isinstance(job, ImageBuild):
+                if await services.store.images.release(job.sha, job.attempt_id or ""):
+                    log.info("image build %s given back: its poller hung up before receiving it", job.sha[:12])
+                    services.jobs_signal.notify()
+            elif await services.store.jobs.release(job.id, job.attempt_id or ""):
                 log.info("job %s given back: its poller hung up before receiving it", job.id)
                 services.jobs_signal.notify()
         except Exception as e:

@@ -35,12 +35,15 @@ class WorkerRegisterHandler(APIHandler):
         # a heartbeat names its jobs. Known here, a grader killed before its first heartbeat has
         # its job requeued after one worker timeout, not after the job's whole deadline.
         legacy = slots_arg is None
+        # Additive: `build=true` from a grader started with --build, which also builds grader images.
+        build = _bool_arg(self.arg("build"), "build")
         timeout = self.services.config.effective_worker_timeout
-        worker = await self.services.store.workers.register(digest(worker_id), name, slots, timeout, legacy)
+        worker = await self.services.store.workers.register(digest(worker_id), name, slots, timeout, legacy, build)
         # Never log the id itself: it is the worker's credential. The digest prefix identifies it.
         log.info(
-            "worker %s registered with %d slot(s)%s", worker_label(worker), slots, " (legacy grader)" if legacy else ""
-        )
+            "worker %s registered with %d slot(s)%s%s", worker_label(worker), slots,
+            " (legacy grader)" if legacy else "", " (builds images)" if build else "",
+        )  # fmt: skip
         self.write_json({"worker_id": worker_id, "heartbeat": self.services.config.heartbeat_interval})
 
     post = get
@@ -87,6 +90,16 @@ class HeartbeatHandler(APIHandler):
         if not isinstance(value, list) or not all(isinstance(v, str) and len(v) <= 64 for v in value):
             raise ApiError(400, "argument 'jobs' must be a list of job ids")
         return frozenset(value)
+
+
+def _bool_arg(value: object, name: str) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ApiError(400, f"argument {name!r} must be true or false")
 
 
 def _int_arg(value: object, name: str, default: int, low: int, high: int) -> int:

@@ -15,6 +15,7 @@ from broadway.store.courses import CourseStore
 from broadway.store.deliveries import DeliveryStore
 from broadway.store.files import FileStore
 from broadway.store.idempotency import IdempotencyStore
+from broadway.store.images import ImageStore
 from broadway.store.jobs import JobStore
 from broadway.store.run_pages import RunPages
 from broadway.store.runs import RunStore
@@ -53,6 +54,8 @@ class Store:
     single_jobs: SingleJobStore
     files: FileStore
     idempotency: IdempotencyStore
+    # Grader image builds and their archives in GridFS (POST /api/v1/grader_images).
+    images: ImageStore
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the hot queries depend on (idempotent; run at start-up)."""
@@ -63,6 +66,7 @@ class Store:
         # Starting a run queues its students chunk by chunk (see JobStore.queue_students).
         await self.db.jobs.create_index([("start_chunk", ASCENDING)], sparse=True)
         await self.db.jobs.create_index([("holder", ASCENDING)], sparse=True)
+        await self.jobs.ensure_queue()
         await self.db.runs.create_index([("status", ASCENDING)])
         await self.db.workers.create_index([("last_seen", ASCENDING)])
         # The reaper finds expired leases on this one key; only live workers carry it.
@@ -72,6 +76,7 @@ class Store:
         await CourseStore(self.db).ensure_indexes()
         # A job's files are found by their ids in the job document; this one is for cleaning up.
         await self.db.job_files.files.create_index([("metadata.owner", ASCENDING)])
+        await self.images.ensure_indexes()
 
     async def ping(self, seconds: float) -> None:
         """Raise StoreUnavailable unless the database answers within that many seconds."""
@@ -116,4 +121,5 @@ def connect(url: str, timeout_s: float = 5.0, operation_timeout_s: float = 10.0)
         single_jobs=SingleJobStore(db),
         files=FileStore(db),
         idempotency=IdempotencyStore(db),
+        images=ImageStore(db),
     )

@@ -29,6 +29,8 @@ def _worker(doc: dict[str, Any]) -> Worker:
         last_seen=doc["last_seen"],
         legacy=doc.get("legacy", False),
         lease_until=doc.get("lease_until"),
+        # A grader started with --build also builds grader images (handlers/grader_images.py).
+        extra={"build": True} if doc.get("build") else {},
     )
 
 
@@ -36,13 +38,18 @@ class WorkerStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.workers = db.workers
 
-    async def register(self, ref: str, name: str, slots: int, lease_s: float, legacy: bool) -> Worker:
-        """Record a new live worker under ref (the digest of its id), leased for lease_s seconds."""
+    async def register(
+        self, ref: str, name: str, slots: int, lease_s: float, legacy: bool, build: bool = False
+    ) -> Worker:
+        """Record a new live worker under ref (the digest of its id), leased for lease_s seconds;
+        `build`: it also claims grader image builds."""
         now = time.time()
-        doc = {
+        doc: dict[str, Any] = {
             "_id": ref, "name": name, "slots": slots, "alive": True, "legacy": legacy,
             "registered_at": now, "last_seen": now, "lease_until": now + lease_s,
         }  # fmt: skip
+        if build:
+            doc["build"] = True
         await self.workers.insert_one(doc)
         return _worker(doc)
 
