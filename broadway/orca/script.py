@@ -83,11 +83,10 @@ def parse_script(raw: Any, where: str = "script") -> Script:
     if not isinstance(raw, list) or not raw:
         raise ScriptError([f"{where}: must be a non-empty list of commands"])
     parser.flatten(raw, where, continuation=OUTPUT, depth=0)
+    targets = parser.resolve_edges()  # also with other errors: a dangling label is worth telling too
     if parser.errors:
         raise ScriptError(parser.errors)
-    steps = parser.resolve()
-    if parser.errors:
-        raise ScriptError(parser.errors)
+    steps = parser.build(targets)
     cycle = _find_cycle(steps)
     if cycle is not None:
         raise ScriptError([cycle])
@@ -238,10 +237,12 @@ class _Parser:
         if unknown:
             self.error(f"{where}: condition has unknown field(s) {', '.join(unknown)}")
 
-    def resolve(self) -> list[Step]:
+    def resolve_edges(self) -> list[dict[str, Target]]:
+        return [{key: self._target(entry, key, pending) for key, pending in entry.edges.items()} for entry in self.raw]
+
+    def build(self, targets: list[dict[str, Target]]) -> list[Step]:
         steps: list[Step] = []
-        for entry in self.raw:
-            edges = {key: self._target(entry, key, pending) for key, pending in entry.edges.items()}
+        for entry, edges in zip(self.raw, targets, strict=True):
             command = entry.command
             label = command.get("label")
             if "cmd" in command:
