@@ -7,14 +7,14 @@ The job is an ordinary single job whose one stage carries `orca`:
 
 The files go under /job as grader/orca_files.py describes. The container gets exactly the
 executor's isolation (container_options: memory, CPUs, PIDs, network none, the /tmp tmpfs, /job,
-labels for the leftover sweep, kill_all and abort) and idles as `sleep` while each command of the
-script runs in it by `docker exec`, one after another along the script's graph
-(broadway/orca/script.py): an argv list is exec'd as it is, a string through `sh -c`. Each
-command has its own timeout (its `timeout`, else Orca's 60 s), never past the stage's timeout,
-which bounds the whole job. A command that times out is killed with every process it started
-(`kill -9 -1` from a second exec: PID 1, the sleep, survives it), so the script goes on to its
-`on_fail`. Conditions are tested in the container too (`test -e|-f|-d`), so the image needs `sh`
-and `sleep`, as Orca's grader images have.
+labels for the leftover sweep, kill_all and abort) and idles (PID 1 is a shell loop around
+`sleep`, which also reaps what commands leave behind) while each command of the script runs in it
+by `docker exec`, one after another along the script's graph (broadway/orca/script.py): an argv
+list is exec'd as it is, a string through `sh -c`. Each command has its own timeout (its
+`timeout`, else Orca's 60 s), never past the stage's timeout, which bounds the whole job. A
+command that times out is killed with every process it started (`kill -9 -1` from a second exec;
+PID 1 survives it), so the script goes on to its `on_fail`. Conditions are tested in the
+container too (`test -e|-f|-d`), so the image needs `sh` and `sleep`, as Orca's grader images have.
 
 The result is Orca's GradingJobResult, in JobOutcome.orca_result and so in the reported result
 JSON under "orca_result": {"shell_responses": [{"cmd", "stdout", "stderr", "status_code",
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 from docker.models.containers import Container
+from docker.utils.socket import STDERR, frames_iter
 
 from broadway.orca.script import ABORT, OUTPUT, BashStep, ConditionStep, Script, ScriptError, parse_script
 from grader import metrics
@@ -58,8 +59,10 @@ if TYPE_CHECKING:
 
 # Orca's worker gives a command this long when it names no `timeout` (DEFAULT_COMMAND_TIMEOUT).
 DEFAULT_COMMAND_TIMEOUT_S = 60.0
-# The idle process outlives the job's timeout a little: the timer kills the container first.
-_IDLE_MARGIN_S = 60
+# PID 1 of the container: a shell that idles, and so reaps what the commands leave behind (the
+# children of a killed command would stay zombies, holding PIDs under the limit). `kill -9 -1`
+# spares PID 1; the sleep it kills is started again.
+_IDLE_SCRIPT = "while :; do sleep 3600 & wait; done"
 _KILL_COMMANDS = ["sh", "-c", "kill -9 -1"]
 _TEST_FLAGS = {"exists": "-e", "file": "-f", "dir": "-d"}
 
@@ -93,7 +96,7 @@ def run_orca_stage(executor: Executor, stage: dict[str, Any], job_dir: Path, job
         return
     if executor.aborted(job_id):
         return
-    idle = {**stage, "entrypoint": ["sleep", str(math.ceil(given.timeout_s) + _IDLE_MARGIN_S)]}
+    idle = {**stage, "entrypoint": ["sh", "-c", _IDLE_SCRIPT]}
     options = container_options(idle, executor.limits, job_dir, given)
     try:
         container, aborted = executor.create_container(image, options, job_id)
@@ -232,7 +235,8 @@ class _Walk:
         stdout, stderr = OutputTail(limits.max_output_bytes), OutputTail(limits.max_output_bytes)
         try:
             exec_id = self.api.exec_create(self.container.id, argv, stdout=True, stderr=True, workdir=workdir)["Id"]
-            stream = self.api.exec_start(exec_id, stream=True, demux=True)
+            # The raw socket, not the SDK's stream: only the socket can be closed when we are done.
+            raw = self.api.exec_start(exec_id, socket=True)
         except docker.errors.APIError as exc:
             if self._stopped():
                 return _Exec(None, "", "", self.job_timed_out.is_set())
@@ -246,13 +250,11 @@ class _Walk:
         timer = threading.Timer(timeout, kill_command)
         timer.start()
         try:
-            for out, err in stream:
-                if out:
-                    stdout.feed(out)
-                if err:
-                    stderr.feed(err)
+            for stream_id, chunk in frames_iter(raw, tty=False):
+                (stderr if stream_id == STDERR else stdout).feed(chunk)
         finally:
             timer.cancel()
+            _close(raw)
         status = None if timed_out.is_set() or self._stopped() else self._exit_code(exec_id)
         return _Exec(
             status_code=status,
@@ -299,6 +301,18 @@ class _Walk:
         for placeholder, path in self.paths.items():
             text = text.replace(placeholder, path)
         return text
+
+
+def _close(raw: Any) -> None:
+    # The SDK hands a SocketIO over the engine's socket; closing it leaves the socket open.
+    sock = getattr(raw, "_sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        raw.close()
+    except OSError:
+        pass
 
 
 def _kill(container: Container) -> None:
