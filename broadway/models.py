@@ -54,6 +54,8 @@ class Run:
     finished_at: float | None = None
     error: str | None = None
     callback_url: str | None = None
+    # The course that owns it (its jobs are queued in that course's share).
+    course: str = "default"
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Job:
     finished_at: float | None = None
     # Single submissions only.
     single: SingleFields | None = None
+    # The course whose share it runs in ("default" for jobs from before courses).
+    course: str = "default"
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class Scheduler:
         plan = await asyncio.to_thread(prepare_run, config, self.ceilings)
         # Jobs first, run last: a crash in between leaves only unreachable jobs, never a run
         # with some of its jobs missing.
-        await self.store.jobs.insert_plan(plan)
+        await self.store.jobs.insert_plan(plan, (owner or Owner()).course)
         run = await self.store.runs.insert(
             plan.run_id, plan.n_students, plan.pre_job_id, plan.post_job_id, callback_url, owner
         )
@@ -93,7 +93,7 @@ class Scheduler:
                 return
         counts = await self.store.jobs.status_counts(run_id, JobKind.STUDENT)
         if counts[JobStatus.CREATED]:
-            if await self.store.jobs.queue_students(run_id, run.n_students):
+            if await self.store.jobs.queue_students(run_id, run.n_students, run.course):
                 self.on_jobs_queued()
             return
         if counts[JobStatus.QUEUED] or counts[JobStatus.RUNNING]:
@@ -149,7 +149,7 @@ class Scheduler:
             self.on_callback_due()
 
     async def _queue_one(self, job: Job) -> None:
-        if job.status is JobStatus.CREATED and await self.store.jobs.queue_one(job.id):
+        if job.status is JobStatus.CREATED and await self.store.jobs.queue_one(job.id, job.course):
             self.on_jobs_queued()
 
     async def _finish(self, run: Run, status: RunStatus, error: str | None = None) -> None:

@@ -94,6 +94,7 @@ class SingleJobs:
                     work_id=submission.work_id,
                     callback_url=submission.callback_url,
                     priority=submission.priority,
+                    collation=submission.collation,
                 )
             )
         except BaseException:

@@ -46,6 +46,8 @@ class Submission:
     work_id: str | None = None
     callback_url: str | None = None
     priority: int = 0
+    # Orca's collation as "user:<id>" or "team:<id>"; None: nobody's in particular.
+    collation: str | None = None
 
     def fingerprint(self) -> str:
         """Equal for equal submissions: a repeated Idempotency-Key must come with the same body."""
@@ -59,6 +61,8 @@ class Submission:
             "callback_url": self.callback_url,
             "priority": self.priority,
         }
+        if self.collation is not None:  # absent from older fingerprints: keys stored before it still match
+            canonical["collation"] = self.collation
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
@@ -86,7 +90,13 @@ def from_json(body: Any, max_files_bytes: int) -> Submission:
         work_id=body.get("work_id"),
         callback_url=body.get("callback_url"),
         priority=body.get("priority", 0),
+        collation=collation_text(body.get("collation")),
     )
+
+
+def collation_text(collation: dict[str, str] | None) -> str | None:
+    """A schema-checked `collation` object as the queue's collation key."""
+    return f"{collation['type']}:{collation['id']}" if collation else None
 
 
 def from_form(

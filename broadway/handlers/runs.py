@@ -12,7 +12,8 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from broadway.courses import Scope
 from broadway.handlers.base import ApiError, APIHandler, needs_scope, parse_json
-from broadway.models import Job, JobStatus, Run
+from broadway.handlers.queue_room import admit_queued
+from broadway.models import Job, JobStatus, Run, RunStatus
 from broadway.store import valid_id
 from broadway.store.run_pages import PAGE_SIZE, PipelineJobs
 from broadway.validation import SubmissionError
@@ -132,6 +133,8 @@ class GradingRunHandler(RunHandler):
     async def post(self, run_id_text: str) -> None:
         """Start the run: queue its pre-processing job, or its student jobs."""
         run, run_id = await self._run(run_id_text)
+        if run.status is RunStatus.CREATED:
+            await admit_queued(self, run.course, run.n_students)
         started = await self.services.scheduler.start(run_id)
         if started is None:
             raise ApiError(400, f"grading run {run.id} was already started (status: {run.status.value})")

@@ -7,6 +7,7 @@ import dataclasses
 from broadway import submissions
 from broadway.courses import Scope
 from broadway.handlers.base import ApiError, APIHandler, needs_scope
+from broadway.handlers.queue_room import admit_queued
 from broadway.models import Job, JobStatus
 from broadway.single_jobs import SingleJobs, SubmissionConflict, output_of, status_of
 from broadway.store.idempotency import MAX_KEY_LENGTH
@@ -39,6 +40,7 @@ class SubmissionHandler(APIHandler):
         if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
             raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
         await self.admit_submission()
+        await admit_queued(self, self.caller.course, 1)
         lifecycle = SingleJobs(self.services.config, self.services.store)
         owner = self.caller.owner
         try:

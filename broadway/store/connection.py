@@ -109,16 +109,17 @@ def connect(url: str, timeout_s: float = 5.0, operation_timeout_s: float = 10.0)
         event_listeners=[StoreCommandMetrics()],
     )
     db = client.get_default_database(DEFAULT_DB)
+    jobs = JobStore(db)
     return Store(
         client=client,
         db=db,
         runs=RunStore(db),
-        jobs=JobStore(db),
+        jobs=jobs,
         workers=WorkerStore(db),
         assignments=AssignmentStore(db),
         run_pages=RunPages(db),
         deliveries=DeliveryStore(db),
-        single_jobs=SingleJobStore(db),
+        single_jobs=SingleJobStore(db, jobs.shares),
         files=FileStore(db),
         idempotency=IdempotencyStore(db),
         images=ImageStore(db),

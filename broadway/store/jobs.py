@@ -6,9 +6,9 @@ filter on one of those single indexed fields: the claim filters and sorts on `qu
 which stays ~1 ms at 100k queued jobs on nx-27017, where filtering on `status` and sorting on
 another field scans; nx-27017's count_documents scans whatever the filter (~100 ms at 2k jobs),
 so counts go through aggregate.
-Keys sort by priority first: pre/post-processing jobs (they gate a whole run), then requeued
-jobs (they have waited once already), then fresh jobs by their priority (a single submission's
-`priority`, higher first; a run's students have 0), each FIFO by queue time.
+Keys start with the job's course; the claim picks the course furthest below its fair share
+and takes the first job of that course's range (broadway/store/queue_keys.py has the order
+within a course, broadway/store/course_shares.py how courses are picked).
 """
 
 from __future__ import annotations
@@ -28,13 +28,21 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from broadway.models import Job, JobKind, JobStatus, SingleFields
+from broadway.store.course_shares import DEFAULT_COURSE, CourseShares
 from broadway.store.deliveries import pending_delivery_fields
 from broadway.store.ids import oid, parse_id
+from broadway.store.queue_keys import (
+    COURSE_MARK,
+    MAX_PRIORITY,
+    PRIORITY_FRESH,
+    PRIORITY_PIPELINE,
+    PRIORITY_REQUEUED,
+    course_prefix,
+    course_range,
+    fresh_key,
+    queue_key,
+)
 from broadway.validation import PlannedJob, RunPlan
-
-PRIORITY_PIPELINE = "0"
-PRIORITY_REQUEUED = "1"
-PRIORITY_FRESH = "2"
 
 # Operations whose cost grows with a run's size (100k students: ~20 s on nx-27017) get this
 # bound instead of the client's per-operation timeout.
@@ -46,19 +54,10 @@ QUEUE_BATCH = 500
 
 ACTIVE = [JobStatus.CREATED.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 
-
-MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 # What a recorded report reads back: the job without the parts it does not need.
 RECORDED_FIELDS = {"stages": 0, "result": 0}
-
-
-def queue_key(priority: str, job_id: ObjectId | str | None = None) -> str:
-    return f"{priority}{time.time_ns():020d}{job_id or ''}"
-
-
-def fresh_key(priority: int = 0, job_id: ObjectId | str | None = None) -> str:
-    """The queue key of a job queued for the first time: higher `priority` sorts first."""
-    return queue_key(f"{PRIORITY_FRESH}{MAX_PRIORITY - priority:04d}", job_id)
+# Fields only a queued job carries: dropped whenever it leaves the queue.
+QUEUED_ONLY = {"queue_key": "", "collation_key": ""}
 
 
 def _single(doc: dict[str, Any]) -> SingleFields | None:
@@ -96,6 +95,7 @@ def _job(doc: dict[str, Any]) -> Job:
         started_at=doc.get("started_at"),
         finished_at=doc.get("finished_at"),
         single=_single(doc),
+        course=str(doc.get("course") or DEFAULT_COURSE),
     )
 
 
@@ -138,7 +138,7 @@ class Reaped:
     failed: list[Job]
 
 
-def new_job_doc(job: PlannedJob, run_id: str) -> dict[str, Any]:
+def new_job_doc(job: PlannedJob, run_id: str, course: str = DEFAULT_COURSE) -> dict[str, Any]:
     """The document of a run's job as planned (broadway/validation.py), not yet queued."""
     job_id, kind, seq, stages, student = job.job_id, job.kind, job.seq, job.stages, job.student
     doc = {
@@ -151,10 +151,20 @@ def new_job_doc(job: PlannedJob, run_id: str) -> dict[str, Any]:
         "stages": stages,
         "student": student,
         "attempts": 0,
+        "course": course,
     }
     if kind is JobKind.STUDENT:
         doc["start_chunk"] = start_chunk(run_id, seq // QUEUE_BATCH)
     return doc
+
+
+def upgraded_key(old: str, course: str) -> str:
+    """A queue key from before courses ("<class>[<priority>]<ns><id>") in today's form, same order."""
+    job_class, rest = old[:1], old[1:]
+    priority = rest[:4] if job_class == PRIORITY_FRESH else f"{MAX_PRIORITY:04d}"
+    if job_class == PRIORITY_FRESH:
+        rest = rest[4:]
+    return f"{course_prefix(course)}{job_class}{priority}{0:06d}{rest}"
 
 
 def start_chunk(run_id: str, number: int) -> str:
@@ -180,11 +190,22 @@ async def count(collection: AsyncCollection, match: dict[str, Any]) -> int:
 class JobStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.jobs = db.jobs
+        self.shares = CourseShares(db)
 
-    async def insert_plan(self, plan: RunPlan) -> None:
+    async def ensure_queue(self) -> None:
+        """The queue's indexes, and keys from before courses rewritten into their course's range."""
+        await self.jobs.create_index([("queue_key", ASCENDING)], sparse=True)
+        # A job's collation rank counts its user's queued jobs (see queue_keys.py); only queued jobs carry it.
+        await self.jobs.create_index([("collation_key", ASCENDING)], sparse=True)
+        async for doc in self.jobs.find({"queue_key": {"$gt": "", "$lt": COURSE_MARK}}, {"queue_key": 1, "course": 1}):
+            old = str(doc["queue_key"])
+            new = upgraded_key(old, str(doc.get("course") or DEFAULT_COURSE))
+            await self.jobs.update_one({"_id": doc["_id"], "queue_key": old}, {"$set": {"queue_key": new}})
+
+    async def insert_plan(self, plan: RunPlan, course: str = DEFAULT_COURSE) -> None:
         """Store every job of a planned run (status `created`), in small batches. The documents
         are built in a thread: 100,000 of them take a noticeable time on the event loop."""
-        docs = await asyncio.to_thread(lambda: [new_job_doc(job, plan.run_id) for job in plan.jobs])
+        docs = await asyncio.to_thread(lambda: [new_job_doc(job, plan.run_id, course) for job in plan.jobs])
         await self.insert_many(docs)
 
     async def insert_many(self, docs: list[dict[str, Any]]) -> None:
@@ -206,16 +227,18 @@ class JobStore:
         kind_order = {JobKind.PRE: 0, JobKind.STUDENT: 1, JobKind.POST: 2}
         return sorted(docs, key=lambda j: (kind_order[j.kind], j.seq))
 
-    async def queue_one(self, job_id: str) -> bool:
+    async def queue_one(self, job_id: str, course: str = DEFAULT_COURSE) -> bool:
         """created -> queued for one (pre/post-processing) job; False if it was not `created`."""
+        key = queue_key(course, PRIORITY_PIPELINE, job_id)
         result = await self.jobs.update_one(
             {"_id": oid(job_id), "status": JobStatus.CREATED.value},
-            {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(),
-                      "queue_key": queue_key(PRIORITY_PIPELINE, job_id)}},
-        )  # fmt: skip
+            {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(), "queue_key": key}},
+        )
+        if result.modified_count == 1:
+            self.shares.queued(course, key)
         return result.modified_count == 1
 
-    async def queue_students(self, run_id: str, n_students: int) -> int:
+    async def queue_students(self, run_id: str, n_students: int, course: str = DEFAULT_COURSE) -> int:
         """created -> queued for every student job of the run; returns how many moved.
 
         Chunk by chunk, by the `start_chunk` key each student job got at submission (one
@@ -227,14 +250,16 @@ class JobStore:
         """
         moved = 0
         for chunk in range(-(-n_students // QUEUE_BATCH)):
+            key = fresh_key(course)
             with pymongo.timeout(BULK_TIMEOUT_S):
                 result = await self.jobs.update_many(
                     {"start_chunk": only(start_chunk(run_id, chunk)), "status": JobStatus.CREATED.value},
-                    {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(),
-                              "queue_key": fresh_key()},
+                    {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(), "queue_key": key},
                      "$unset": {"start_chunk": ""}},
                 )  # fmt: skip
             moved += result.modified_count
+            if result.modified_count:
+                self.shares.queued(course, key)
         return moved
 
     async def claim_next(self, worker_ref: str, legacy: bool = False) -> Job | None:
@@ -247,11 +272,32 @@ class JobStore:
         job kept). Queue keys are non-empty strings, so on MongoDB too `$gt: ""` matches exactly
         the queued jobs. `claimed_legacy` remembers whether the claimer was a legacy grader, so
         that a report-and-next from a non-legacy one needs no worker lookup (see report()).
+
+        Weighted fair share: the courses with queued jobs are tried furthest below their share
+        first, each by one claim on its own range of the key; a course found empty is dropped
+        from this process's view. Last comes one claim on the whole queue, which finds jobs
+        another API process queued for a course this one has not seen yet (and, with the queue
+        empty, is the only store operation an idle poll costs besides the view's refresh).
         """
-        doc = await self.jobs.find_one_and_update(
-            {"queue_key": {"$gt": ""}},
+        for course in await self.shares.order():
+            doc = await self._claim({"queue_key": course_range(course)}, worker_ref, legacy)
+            if doc is not None:
+                self.shares.claimed(course)
+                return _job(doc)
+            self.shares.drained(course)
+        doc = await self._claim({"queue_key": {"$gt": ""}}, worker_ref, legacy)
+        if doc is None:
+            return None
+        job = _job(doc)
+        self.shares.claimed(job.course)
+        self.shares.forget()  # its course was not in the view: read the view again
+        return job
+
+    async def _claim(self, match: dict[str, Any], worker_ref: str, legacy: bool) -> dict[str, Any] | None:
+        return await self.jobs.find_one_and_update(
+            match,
             {
-                "$unset": {"queue_key": ""},
+                "$unset": QUEUED_ONLY,
                 "$set": {"status": JobStatus.RUNNING.value, "worker": worker_ref, "holder": worker_ref,
                          "attempt_id": secrets.token_hex(8), "started_at": time.time(), "claimed_legacy": legacy},
                 "$inc": {"attempts": 1},
@@ -259,16 +305,26 @@ class JobStore:
             sort=[("queue_key", ASCENDING)],
             return_document=ReturnDocument.AFTER,
         )  # fmt: skip
-        return _job(doc) if doc else None
 
     async def release(self, job_id: str, attempt_id: str) -> bool:
         """Put a just-claimed job back (its poller hung up before receiving it); the attempt does not count."""
+        # Rare (a hang-up at the moment of hand-out): one more read for the job's course is fine.
+        found = await self.jobs.find_one({"_id": oid(job_id)}, {"course": 1})
+        course = str(found.get("course") or DEFAULT_COURSE) if found else DEFAULT_COURSE
+        key = queue_key(course, PRIORITY_REQUEUED, job_id)
         result = await self.jobs.update_one(
             {"_id": oid(job_id), "status": JobStatus.RUNNING.value, "attempt_id": attempt_id},
-            {"$set": {"status": JobStatus.QUEUED.value, "queue_key": queue_key(PRIORITY_REQUEUED, job_id)},
+            {"$set": {"status": JobStatus.QUEUED.value, "queue_key": key},
              "$unset": {"attempt_id": "", "worker": "", "holder": ""}, "$inc": {"attempts": -1}},
         )  # fmt: skip
+        if result.modified_count == 1:
+            self.shares.ended(course)
+            self.shares.queued(course, key)
         return result.modified_count == 1
+
+    async def queued_in(self, course: str) -> int:
+        """How many jobs of a course are queued now: a count over its range of the queue index."""
+        return await count(self.jobs, {"queue_key": course_range(course)})
 
     async def count_held(self, worker_ref: str) -> int:
         """How many jobs a worker is running now."""
@@ -308,7 +364,7 @@ class JobStore:
         fields: dict[str, Any] = {"status": status.value, "result": result, "finished_at": now}
         fields["report_fingerprint"] = fingerprint
         # A requeued job carries the reason of its earlier attempt in `error`; the report replaces it.
-        unset = {"holder": "", "queue_key": ""}
+        unset = {"holder": "", **QUEUED_ONLY}
         if ending is not None:
             error = ending.error
             fields.update(status=ending.status.value, grade=ending.grade, comments=ending.comments)
@@ -336,6 +392,8 @@ class JobStore:
             if doc:
                 doc["result"] = result
                 freed = case is holds
+                if freed:
+                    self.shares.ended(str(doc.get("course") or DEFAULT_COURSE))
                 return Report(ReportOutcome.RECORDED, _job(doc), freed, bool(doc.get("claimed_legacy", True)))
         current = await self.jobs.find_one({"_id": oid(job_id)})
         if current is None:
@@ -374,13 +432,15 @@ class JobStore:
                 continue
             holder = {"_id": doc["_id"], "holder": worker_ref, "attempt_id": doc.get("attempt_id")}
             attempts = doc.get("attempts", 0)
+            course = str(doc.get("course") or DEFAULT_COURSE)
             if attempts < max_attempts:
                 # From a dead worker, `worker` and `attempt_id` stay: they name the attempt whose
                 # late report is still accepted while nobody has claimed the job again (see
                 # report()). A live worker that does not list the job never received it.
                 forget = {"holder": ""} if claimed_before is None else {"holder": "", "worker": "", "attempt_id": ""}
+                key = queue_key(course, PRIORITY_REQUEUED, doc["_id"])
                 update: dict[str, Any] = {
-                    "$set": {"status": JobStatus.QUEUED.value, "queue_key": queue_key(PRIORITY_REQUEUED, doc["_id"]),
+                    "$set": {"status": JobStatus.QUEUED.value, "queue_key": key,
                              "error": f"attempt {attempts}: {reason}"},
                     "$unset": forget,
                 }  # fmt: skip
@@ -396,6 +456,9 @@ class JobStore:
             after = await self.jobs.find_one_and_update(holder, update, return_document=ReturnDocument.AFTER)
             if after:
                 bucket.append(_job(after))
+                self.shares.ended(course)
+                if after.get("queue_key"):
+                    self.shares.queued(course, after["queue_key"])
         return Reaped(requeued=requeued, failed=failed)
 
     async def status_counts(self, run_id: str, kind: JobKind | None = None) -> dict[JobStatus, int]:
@@ -417,9 +480,10 @@ class JobStore:
                 {"run_id": only(str(run_id)), "status": {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}},
                 {
                     "$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()},
-                    "$unset": {"queue_key": ""},
+                    "$unset": QUEUED_ONLY,
                 },
             )
+        self.shares.forget()
         return result.modified_count
 
     async def cancel_running(self, run_id: str) -> int:
@@ -429,6 +493,7 @@ class JobStore:
                 {"run_id": only(str(run_id)), "status": JobStatus.RUNNING.value},
                 {"$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}, "$unset": {"holder": ""}},
             )
+        self.shares.forget()
         return result.modified_count
 
     async def roster(self, run_id: str) -> AsyncIterator[Job]:

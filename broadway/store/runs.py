@@ -28,6 +28,7 @@ def _run(doc: dict[str, Any]) -> Run:
         finished_at=doc.get("finished_at"),
         error=doc.get("error"),
         callback_url=doc.get("callback_url"),
+        course=Owner.of(doc).course,
     )
 
 

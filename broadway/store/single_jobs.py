@@ -1,7 +1,9 @@
 """Single submissions in the `jobs` collection: created queued, changed while queued, cancelled.
 
 They share the queue, the claim, the report and the reaper with a run's jobs (store/jobs.py):
-kind "single", no run_id, and queued from the start with a key that sorts by their priority.
+kind "single", no run_id, and queued from the start with a key that sorts by their priority,
+then by their collation rank (how many jobs of the same user or team were queued before them in
+their course; see broadway/store/queue_keys.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from broadway.courses import Owner
 from broadway.models import Job, JobKind, JobStatus
+from broadway.store.course_shares import CourseShares
 from broadway.store.deliveries import pending_delivery_fields
 from broadway.store.files import StoredFile
 from broadway.store.ids import parse_id
-from broadway.store.jobs import _job, fresh_key
+from broadway.store.jobs import QUEUED_ONLY, _job, count, only
+from broadway.store.queue_keys import fresh_key
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class NewSingleJob:
     priority: int
     # The JWT subject that submitted it (None: the course itself, or the admin).
     subject: str | None = None
+    # Whose work it is, for Orca's collation ("user:<id>" or "team:<id>"); None: nobody's in particular.
+    collation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,26 @@ class Change:
     callback_url: str | None = None
 
 
+def collation_key(course: str, collation: str) -> str:
+    return f"{course}/{collation}"
+
+
 class SingleJobStore:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase, shares: CourseShares | None = None) -> None:
         self.jobs = db.jobs
+        # The claim's view of the courses' queues (JobStore.shares), told of each job queued here.
+        self.shares = shares
+
+    async def _rank(self, course: str, collation: str | None) -> int:
+        """How many of this user's (or team's) jobs are queued in the course now: one range count on
+        the sparse `collation_key` index, which only queued jobs carry."""
+        if collation is None:
+            return 0
+        return await count(self.jobs, {"collation_key": only(collation_key(course, collation))})
+
+    def _queued(self, course: str, key: str) -> None:
+        if self.shares is not None:
+            self.shares.queued(course, key)
 
     async def insert(self, new: NewSingleJob) -> Job:
         """Store a single submission, queued at once."""
@@ -77,11 +100,15 @@ class SingleJobStore:
             "exercise": new.exercise,
             "created_at": now,
             "queued_at": now,
-            "queue_key": fresh_key(new.priority, oid),
+            "queue_key": fresh_key(new.course, new.priority, oid, await self._rank(new.course, new.collation)),
         }
+        if new.collation is not None:
+            doc["collation"] = new.collation
+            doc["collation_key"] = collation_key(new.course, new.collation)
         if new.callback_url:
             doc["callback_url"] = new.callback_url
         await self.jobs.insert_one(doc)
+        self._queued(new.course, doc["queue_key"])
         return _job(doc)
 
     async def get(self, job_id: str) -> tuple[Job, dict[str, str]] | None:
@@ -118,7 +145,12 @@ class SingleJobStore:
         if change.priority is not None:
             fields["priority"] = change.priority
             # A new key re-sorts the job among its new peers; it waits from now in that place.
-            fields["queue_key"] = fresh_key(change.priority, oid)
+            current = await self.jobs.find_one({"_id": oid}, {"course": 1, "collation": 1})
+            if current is None:
+                return None
+            course = str(current.get("course") or "default")
+            rank = await self._rank(course, current.get("collation"))
+            fields["queue_key"] = fresh_key(course, change.priority, oid, max(rank - 1, 0))
         update: dict[str, Any] = {"$set": {**fields, "updated_at": time.time()}}
         if unset:
             update["$unset"] = unset
@@ -127,6 +159,8 @@ class SingleJobStore:
             update,
             return_document=ReturnDocument.AFTER,
         )
+        if doc and "queue_key" in fields:
+            self._queued(str(doc.get("course") or "default"), fields["queue_key"])
         return _job(doc) if doc else None
 
     async def cancel(self, job_id: str, callback_max_age_s: float) -> Job | None:
@@ -150,7 +184,7 @@ class SingleJobStore:
                 fields.update(pending_delivery_fields(now, callback_max_age_s))
             after = await self.jobs.find_one_and_update(
                 {"_id": oid, "status": doc["status"]},
-                {"$set": fields, "$unset": {"queue_key": "", "holder": ""}},
+                {"$set": fields, "$unset": {**QUEUED_ONLY, "holder": ""}},
                 return_document=ReturnDocument.AFTER,
             )
             if after is not None:
