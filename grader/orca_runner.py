@@ -159,7 +159,14 @@ class _Walk:
         self.finished = threading.Event()
 
     def run(self) -> None:
-        self.container.start()
+        try:
+            self.container.start()
+        except docker.errors.APIError as exc:
+            # The image's fault (no sh, say), not the engine's: the grader stays healthy.
+            reason = exc.explanation or exc
+            raise InfrastructureError(
+                f"the image cannot idle for the script (it needs sh and sleep): {reason}"
+            ) from None
         deadline = time.monotonic() + self.timeout_s
         timer = threading.Timer(self.timeout_s, self._job_timeout)
         guard = threading.Thread(target=self._guard_job_dir, name="orca-job-dir-guard", daemon=True)

@@ -23,6 +23,7 @@ import pytest
 from grader.config import Limits
 from grader.executor import LABEL, Executor, JobOutcome
 from tests.helpers import eventually
+from utils.images import build_image
 
 pytestmark = pytest.mark.usefixtures("busybox_image")
 
@@ -245,3 +246,27 @@ async def test_an_abort_kills_the_running_command(
     assert outcome.aborted
     assert outcome.orca_result is not None
     assert [r["cmd"] for r in outcome.orca_result["shell_responses"]] == ["sleep 60"]
+
+
+def test_a_flood_of_output_is_capped_and_the_result_fits_the_api_limit(executor: Executor, busybox_image: str) -> None:
+    script = [{"cmd": "yes 0123456789 | head -c 3000000; echo; echo last line", "on_complete": "output"}]
+    outcome = executor.run_job(orca_job(busybox_image, script))
+    stdout = reported(outcome)["shell_responses"][0]["stdout"]
+    assert stdout.startswith("[output truncated: first") and stdout.endswith("last line")
+    assert len(stdout) <= executor.limits.max_output_bytes + 100
+    small = json.loads(outcome.result_json(max_bytes=200_000))
+    assert len(json.dumps(small)) <= 200_000
+    assert small["orca_result"]["output"].endswith("last line")  # the tail is what is kept
+
+
+def test_an_image_without_a_shell_is_an_infrastructure_error(
+    executor: Executor, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    context = tmp_path / "noshell"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY busybox /busybox\n")
+    build_image(docker_client, "broadway-test-noshell:latest", context)
+    outcome = executor.run_job(orca_job("broadway-test-noshell:latest", [{"cmd": ["/busybox", "true"]}]))
+    assert outcome.error is not None and "needs sh and sleep" in outcome.error
+    assert reported(outcome)["errors"] == [outcome.error]
+    assert executor.healthy and not outcome.success
