@@ -17,6 +17,7 @@ import random
 import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pycurl
@@ -159,6 +160,8 @@ class GraderClient:
         if self.config.name:
             params["name"] = self.config.name
         params["slots"] = str(self.config.slots)
+        if self.config.build:
+            params["build"] = "true"
         while True:
             try:
                 response = await self._call("GET", "/worker_register", params)
@@ -274,6 +277,71 @@ class GraderClient:
                 return response
             log.warning("result of job %s dropped: HTTP %d %s", job_id, response.code, self._error_text(response))
             return None
+
+    def api_path(self, path: Any) -> str:
+        """A path the API handed out (a build's archive or result URL) relative to /api/v1, so
+        that the worker id only ever goes to --api-url; ValueError for anything else."""
+        if not isinstance(path, str) or not path.startswith("/api/v1/") or "//" in path or ".." in path:
+            raise ValueError(f"not a path on the API: {str(path)[:100]!r}")
+        return path[len("/api/v1") :]
+
+    async def upload_image(self, archive_url: str, attempt: str, archive: Path, size: int) -> bool:
+        """Stream a build's archive (a file of `size` bytes) to the API, retrying while it is
+        unreachable; False when the API refused it (this attempt no longer holds the build, or
+        it is too large). libcurl reads the file as it sends (page-cache reads of its buffer size)."""
+        path = self.api_path(archive_url)
+        # The body streams from the file: never whole in memory. Allow ~5 MB/s at the least.
+        seconds = max(self.config.request_timeout_s, size / 5e6)
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        while True:
+            with archive.open("rb") as handle:
+
+                def stream_from_file(curl: Any, handle: Any = handle) -> None:
+                    _ignore_proxy_environment(curl)
+                    curl.setopt(pycurl.READFUNCTION, handle.read)
+                    curl.setopt(pycurl.POSTFIELDSIZE_LARGE, size)
+
+                url = f"{self.base}{path}?{urllib.parse.urlencode({'worker_id': self.worker_id, 'attempt': attempt})}"
+                request = HTTPRequest(
+                    url, method="POST", body=b"", headers={"Content-Type": "application/octet-stream"},
+                    request_timeout=seconds, connect_timeout=10, prepare_curl_callback=stream_from_file,
+                )  # fmt: skip
+                self.requests_sent += 1
+                try:
+                    response = await self.http.fetch(request, raise_error=False)
+                except (CurlError, *_TRANSPORT_ERRORS) as exc:
+                    response = None
+                    problem = self._scrub(str(exc))
+            if response is not None and response.code < 500 and response.code != 599:
+                if response.code == 200:
+                    return True
+                log.warning("image archive refused: HTTP %d %s", response.code, self._error_text(response))
+                return False
+            if response is not None:
+                problem = f"HTTP {response.code} {self._error_text(response)}"
+            delay = backoff.next_delay()
+            log.warning("cannot upload the image archive (%s); retrying in %.1fs", problem, delay)
+            await asyncio.sleep(delay)
+
+    async def report_build(self, result_url: str, attempt: str, success: bool, error: str | None) -> bool:
+        """A build's verdict, retrying while the API is unreachable; False when refused (409:
+        the build was taken back from this worker meanwhile)."""
+        path = self.api_path(result_url)
+        body: dict[str, Any] = {"success": success, **({"error": error} if error else {})}
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        while True:
+            try:
+                params = {"worker_id": self.worker_id, "attempt": attempt}
+                response = await self._call("POST", path, params, body)
+            except Unreachable as exc:
+                delay = backoff.next_delay()
+                log.warning("cannot report the build (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            if response.code == 200:
+                return True
+            log.warning("build result dropped: HTTP %d %s", response.code, self._error_text(response))
+            return False
 
 
 def _report_body(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,14 @@ class GraderConfig:
     # A single job's files, fetched before its first stage: at most this much in all, in this long.
     max_files_bytes: int = 64 << 20
     files_timeout_s: float = 120.0
+    # Grader images (grader/image_builder.py, grader/image_cache.py): `build` (--build) also
+    # claims image builds, each at most build_timeout_s long and build_memory_bytes large; images
+    # this grader downloads and loads are kept up to image_cache_bytes in all (least recently
+    # used evicted first).
+    build: bool = False
+    build_timeout_s: float = 600.0
+    build_memory_bytes: int = 2 << 30
+    image_cache_bytes: int = 20 << 30
 
     def __post_init__(self) -> None:
         if not self.api_url.startswith(("http://", "https://")):
@@ -134,3 +143,38 @@ class GraderConfig:
             raise ValueError("--tmp-size must be at least 1m")
         if self.max_files_bytes < 0:
             raise ValueError("--max-files must not be negative")
+        if not (self.build_timeout_s > 0 and math.isfinite(self.build_timeout_s)):
+            raise ValueError("--build-timeout must be positive")
+        if self.build_memory_bytes < DOCKER_MIN_MEMORY:
+            raise ValueError("--build-memory must be at least 6m (Docker's minimum)")
+        if self.image_cache_bytes < 0:
+            raise ValueError("--image-cache-gb must not be negative")
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """The grader-image flags (--build, --build-timeout, --build-memory, --image-cache-gb)."""
+    images = parser.add_argument_group(
+        "grader images",
+        "Images built by the API's graders on request (POST /api/v1/grader_images), tagged "
+        "broadway-image:<sha>. A stage naming such an image (or the bare sha) that this grader lacks "
+        "is downloaded from the API and loaded first.",
+    )
+    images.add_argument("--build", action="store_true",
+                        help="also build grader images the API queues (legacy builder)")  # fmt: skip
+    images.add_argument("--build-timeout", type=float, default=600.0,
+                        help="wall-clock seconds a build may take, then it fails (default 600)")  # fmt: skip
+    images.add_argument("--build-memory", default="2g",
+                        help="memory of each build step's container (default 2g)")  # fmt: skip
+    images.add_argument("--image-cache-gb", type=float, default=20.0,
+                        help="most the images this grader downloaded may take on disk, least recently used "
+                        "evicted first (default 20)")  # fmt: skip
+
+
+def image_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The GraderConfig fields add_image_arguments's flags give (ValueError for a bad size)."""
+    return {
+        "build": bool(args.build),
+        "build_timeout_s": float(args.build_timeout),
+        "build_memory_bytes": parse_size(args.build_memory),
+        "image_cache_bytes": int(float(args.image_cache_gb) * (1 << 30)),
+    }

@@ -18,6 +18,8 @@ from grader import metrics
 from grader.client import Backoff, GraderClient, Rejected, SlotsBusy, Unreachable, WorkerUnknown
 from grader.config import GraderConfig
 from grader.executor import FILES_DIR, Executor, JobOutcome
+from grader.image_builder import BUILD_KIND, ImageBuilder
+from grader.image_cache import ImageCache, ImageUnavailable
 from grader.job_files import FetchError, FileFetcher
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,15 @@ class Daemon:
         self._register_lock = asyncio.Lock()
         self.jobs_done = 0
         self.fetcher = FileFetcher(config.api_url, config.slots)
+        # Built grader images a stage names, fetched from the API when missing (LRU-bounded).
+        self.images = ImageCache(executor.docker, client, self.threads, config.work_dir, config.image_cache_bytes)
+        # --build: image builds the API hands this grader's polls.
+        self.builder = (
+            ImageBuilder(executor.docker, client, self.threads, config.work_dir, config.build_timeout_s,
+                         config.build_memory_bytes)
+            if config.build
+            else None
+        )  # fmt: skip
 
     async def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
@@ -62,6 +73,7 @@ class Daemon:
             heartbeat.cancel()
             self.threads.shutdown(wait=False, cancel_futures=True)
             self.fetcher.close()
+            self.images.close()
         log.info("grader stopped after %d job(s)", self.jobs_done)
         return self.exit_code
 
@@ -147,7 +159,19 @@ class Daemon:
         none, the slot goes back to the poll loop, which long-polls."""
         next_job: dict[str, Any] | None = job
         while next_job is not None:
+            if next_job.get("kind") == BUILD_KIND:
+                await self._build(next_job)
+                return
             next_job = await self._run_and_report(next_job)
+
+    async def _build(self, job: dict[str, Any]) -> None:
+        """An image build in this slot (not named in heartbeats: the API leases builds itself)."""
+        if self.builder is None:
+            log.error("the API handed an image build to a grader started without --build; not building it")
+            return
+        outcome = await self.builder.build_and_report(job)
+        if outcome.success:
+            await self.images.adopt(str(job["build"]["sha"]))
 
     async def _run_and_report(self, job: dict[str, Any]) -> dict[str, Any] | None:
         """Run one job and report it; returns the next job the report's answer handed this slot."""
@@ -156,10 +180,18 @@ class Daemon:
         metrics.job_started()
         try:
             log.info("job %s: running %d stage(s)", job_id, len(job.get("stages", [])))
-            outcome = await self._fetch_files(job)
-            if outcome is None:
-                loop = asyncio.get_running_loop()
-                outcome = await loop.run_in_executor(self.threads, self.executor.run_job, job)
+            images: list[str] = []
+            try:
+                images = await self.images.acquire(job)
+                outcome = await self._fetch_files(job)
+            except ImageUnavailable as exc:
+                outcome = JobOutcome(error=f"infrastructure: {exc}")
+            try:
+                if outcome is None:
+                    loop = asyncio.get_running_loop()
+                    outcome = await loop.run_in_executor(self.threads, self.executor.run_job, job)
+            finally:
+                self.images.release(images)
             if self.exit_code:
                 return None  # cold stop: the job was killed, its result means nothing
             if outcome.aborted or self.executor.aborted(job_id):
