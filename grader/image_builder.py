@@ -7,7 +7,7 @@ the builder and on every grader that loads it. A stage naming `broadway-image:S`
 The build uses Docker's classic builder (what the SDK's build endpoint speaks, as
 DOCKER_BUILDKIT=0 selects on the command line), with the Dockerfile as the whole context, every
 step's container capped at --build-memory (memory and swap), and --build-timeout of wall clock:
-past it the build request is closed, which makes the engine cancel the build. Every Docker call
+past it the build request's socket is shut down, which makes the engine cancel the build. Every Docker call
 runs in the daemon's thread pool, never on the event loop.
 """
 
@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import re
+import socket
 import tarfile
 import threading
 import time
@@ -137,9 +138,14 @@ class ImageBuilder:
             await asyncio.wait_for(asyncio.shield(task), self.timeout_s)
         except TimeoutError:
             cancel.set()
-            response = holder.get("response")
-            if response is not None:
-                response.close()  # the engine cancels a build whose client went away
+            # The engine cancels a build whose client went away. Shutting the socket down wakes
+            # the thread reading it at once; response.close() here would wait for that read.
+            sock = holder.get("socket")
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             try:
                 await task
             except Exception as exc:  # what the closed stream raised
@@ -160,7 +166,7 @@ class ImageBuilder:
             api._url("/build"), data=context, params=params, stream=True, timeout=None,
             headers={"Content-Type": "application/x-tar"},
         )  # fmt: skip
-        holder["response"] = response
+        holder["socket"] = _socket_of(response)
         lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         holder["log"] = lines
         error = None
@@ -200,6 +206,17 @@ class ImageBuilder:
             for chunk in image.save(chunk_size=COPY_CHUNK, named=True):
                 out.write(chunk)
         return archive.stat().st_size
+
+
+def _socket_of(response: Any) -> socket.socket | None:
+    """The socket a streamed Docker API response reads from (as the SDK's own
+    _get_raw_response_socket finds it), or None where it cannot be found."""
+    try:
+        raw = response.raw._fp.fp.raw
+    except AttributeError:
+        return None
+    sock = getattr(raw, "_sock", raw)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _context_tar(contents: str) -> bytes:

@@ -191,3 +191,16 @@ async def test_the_holding_pen_hears_of_every_ended_build(api_service: ApiServic
     assert (await report(api, builder, good, True)).status == 200
     assert (await report(api, builder, bad, False, error="RUN exit 1: returned 1")).status == 200
     assert heard == [(good["build"]["sha"], True, None), (bad["build"]["sha"], False, "RUN exit 1: returned 1")]
+
+
+async def test_an_archive_over_the_size_cap_is_refused(make_api: MakeApi) -> None:
+    service = await make_api(max_image_bytes=4096)
+    api = ApiClient(service.url)
+    await request_build(api)
+    builder = await api.register(slots=1, build="true")
+    build = await claim_build(api, builder)
+    refused = await upload(api, builder, build, b"x" * 5000)
+    assert refused.status == 413 and "4096" in refused.json["error"]
+    assert (await report(api, builder, build, True)).status == 409  # nothing was stored
+    assert (await upload(api, builder, build, b"x" * 4096)).status == 200
+    assert (await report(api, builder, build, True)).status == 200

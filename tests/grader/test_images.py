@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import tarfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -63,10 +64,12 @@ def engine2(second_docker: SecondDocker) -> Iterator[docker.DockerClient]:  # no
 
 
 @asynccontextmanager
-async def builder_grader(api_url: str, work_dir: Path, docker_client: docker.DockerClient) -> AsyncIterator[Daemon]:
+async def builder_grader(
+    api_url: str, work_dir: Path, docker_client: docker.DockerClient, build_timeout_s: float = 120.0
+) -> AsyncIterator[Daemon]:
     """A grader started with --build, in this process (on the first engine)."""
     config = GraderConfig(api_url=api_url, token=CLUSTER_TOKEN, work_dir=work_dir, poll_wait_s=1.0, build=True,
-                          build_timeout_s=120.0)  # fmt: skip
+                          build_timeout_s=build_timeout_s)  # fmt: skip
     work_dir.mkdir(parents=True, exist_ok=True)
     executor = Executor(docker_client, config.limits, work_dir, instance_id(work_dir))
     client = GraderClient(config)
@@ -127,6 +130,32 @@ async def test_a_builder_builds_an_image_that_succeeds_and_one_that_fails(
     assert manifest[0]["RepoTags"] == [local_tag(sha_of(GOOD))]
     missing = await api.request("GET", f"/api/v1/images/{sha_of(BAD)}.tgz", params={"worker_id": worker})
     assert missing.status == 404
+
+
+async def test_a_build_past_the_build_timeout_fails_and_is_cancelled(
+    make_api: MakeApi, tmp_path: Path, docker_client: docker.DockerClient, busybox_image: str, built_tags: list[str]
+) -> None:
+    # Unique, so that no earlier build's layer cache makes it quick.
+    slow = f"FROM broadway-test-busybox:latest\nRUN echo sleeping-build {uuid.uuid4().hex} && sleep 60\n"
+    built_tags.append(local_tag(sha_of(slow)))  # should a bug let it finish
+    service = await make_api()
+    api = ApiClient(service.url)
+    await request_build(api, slow)
+    async with builder_grader(service.url, tmp_path / "builder", docker_client, build_timeout_s=2.0):
+        failed = await ended(api, slow, timeout=30)
+    assert failed["status"] == "failed" and "longer than 2s (--build-timeout)" in failed["error"], failed
+    assert "sleeping-build" in failed["error"]
+
+    def sleeping_steps() -> list[str]:
+        containers = docker_client.containers.list(sparse=True, filters={"ancestor": "broadway-test-busybox:latest"})
+        return [c.id for c in containers if "sleep 60" in " ".join(docker_client.api.inspect_container(c.id)
+                                                                   ["Config"]["Cmd"] or [])]  # fmt: skip
+
+    async def probe() -> list[str]:
+        return await asyncio.to_thread(sleeping_steps)
+
+    # The engine cancelled the build when its request was closed: its step's container is gone.
+    await eventually(probe, lambda ids: ids == [], timeout=30)
 
 
 class EngineGrader(GraderProcess):
