@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 from typing import Any
 
 from broadway.server import ApiService
@@ -204,3 +205,15 @@ async def test_an_archive_over_the_size_cap_is_refused(make_api: MakeApi) -> Non
     assert (await report(api, builder, build, True)).status == 409  # nothing was stored
     assert (await upload(api, builder, build, b"x" * 4096)).status == 200
     assert (await report(api, builder, build, True)).status == 200
+
+
+async def test_an_archive_larger_than_one_store_message_is_served_whole(api: ApiClient) -> None:
+    # Over nx-27017's 48 MB message limit, which one read of every chunk would exceed.
+    archive = os.urandom(50 << 20)
+    await request_build(api)
+    builder = await api.register(slots=1, build="true")
+    build = await claim_build(api, builder)
+    assert (await upload(api, builder, build, archive)).status == 200
+    assert (await report(api, builder, build, True)).status == 200
+    got = await api.request("GET", f"/api/v1/images/{SHA}.tgz", params={"worker_id": builder}, timeout=120)
+    assert got.status == 200 and len(got.body) == len(archive) and got.body == archive
