@@ -83,7 +83,7 @@ class CourseShares:
             if started - self._weights_at >= WEIGHTS_REFRESH_S:
                 self.weights = await self._weights()
                 self._weights_at = started
-            heads = await self._heads()
+            heads = await self.busy_courses()
             running = await self._running()
             self.heads, self.running = heads, running
             self._refreshed_at = started
@@ -95,7 +95,8 @@ class CourseShares:
             weights[str(doc["_id"])] = float(weight) if isinstance(weight, int | float) else DEFAULT_WEIGHT
         return weights
 
-    async def _heads(self) -> dict[str, str]:
+    async def busy_courses(self) -> dict[str, str]:
+        """Every course with queued jobs -> its first job's key tail."""
         heads: dict[str, str] = {}
         after: dict[str, Any] = {"$gte": COURSE_MARK}
         for _ in range(MAX_BUSY_COURSES):

@@ -144,3 +144,19 @@ async def test_jobs_queued_through_another_api_process_are_shared_too(make_api: 
         else:
             a_claimed += 1
     assert a_claimed < students, "B waited behind all of A's queue"
+
+
+async def test_the_summary_shows_each_courses_queue(api: ApiClient) -> None:
+    a = await course_client(api, "depth-a")
+    b = await course_client(api, "depth-b")
+    for i in range(3):
+        await submit(a, f"a{i}")
+    await submit(b, "b0")
+    worker = await api.register(slots=1)
+    await claim(api, worker)  # A's oldest, both courses idle until now: tie goes to the older head
+    summary = await api.request("GET", "/api/v1/summary", auth=True)
+    rows = {row["course"]: (row["queued"], row["running"]) for row in summary.json["queues"]}
+    assert rows == {"depth-a": (2, 1), "depth-b": (1, 0)}, summary.json["queues"]
+    # A course's token sees its own queue only.
+    mine = await b.request("GET", "/api/v1/summary", auth=True)
+    assert [row["course"] for row in mine.json["queues"]] == ["depth-b"]
