@@ -88,7 +88,9 @@ async def ship(api: ApiClient, sha: str, finished_at: float) -> float:
     run = await eventually(lambda: api.status(run_id), lambda s: s["status"] in ("succeeded", "failed"),
                            timeout=600, interval=0.05)  # fmt: skip
     assert run["status"] == "succeeded", run
-    stage = json.loads(run["student_statuses"][0]["result"])["stages"][0]
+    result = json.loads(run["student_statuses"][0]["result"])
+    assert result.get("stages"), result.get("error")
+    stage = result["stages"][0]
     return float(stage["output"].split()[0]) - success_uptime
 
 
