@@ -40,6 +40,8 @@ PROGRESS_EVERY_S = 2.0
 LOW_SPEED_BYTES = 64 << 10
 LOW_SPEED_S = 30
 MAX_DOWNLOAD_S = 6 * 3600.0
+# Larger than any image the API takes (its --max-image-mb).
+MAX_ARCHIVE_BYTES = 1 << 40
 
 
 class ImageUnavailable(Exception):
@@ -56,7 +58,8 @@ class ImageCache:
         self.threads = threads
         self.dir = work_dir / "images"
         self.capacity_bytes = capacity_bytes
-        self.http = CurlAsyncHTTPClient(force_instance=True, max_clients=4)
+        # Archives are streamed to disk, never held: the client's 100 MB body cap does not apply.
+        self.http = CurlAsyncHTTPClient(force_instance=True, max_clients=4, max_body_size=MAX_ARCHIVE_BYTES)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._in_use: Counter[str] = Counter()
         # sha -> {"size": bytes in the engine, "last_used": unix time}; loaded on first use.
