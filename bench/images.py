@@ -102,6 +102,50 @@ def by_hand(tag: str, docker_host: str) -> float:
     return time.perf_counter() - started
 
 
+async def rounds(
+    args: argparse.Namespace, host: docker.DockerClient, engine: SecondDocker, work: Path, tags: list[str]
+) -> tuple[list[float], list[float]]:
+    """The API, a builder (in this process) and the second engine's grader; each round's figures."""
+    ships: list[float] = []
+    hands: list[float] = []
+    api_proc = ApiProcess(work / "api", "--max-image-mb", str(4 * args.mb + 64)).start()
+    engine2 = engine.client(timeout=300)
+    (work / "builder").mkdir()
+    config = GraderConfig(api_url=api_proc.url, token=CLUSTER_TOKEN, work_dir=work / "builder", build=True,
+                          poll_wait_s=1.0, build_timeout_s=600.0)  # fmt: skip
+    client = GraderClient(config)
+    daemon = Daemon(config, client, Executor(host, config.limits, config.work_dir, instance_id(config.work_dir)))
+    builder = asyncio.create_task(daemon.run())
+    grader = EngineGrader(api_proc.url, work / "engine2", engine.host)
+    try:
+        grader.start()
+        api = ApiClient(api_proc.url)
+        for round_ in range(args.rounds):
+            dockerfile = (
+                f"FROM {BASE}\nRUN echo {uuid.uuid4().hex} > /id && "
+                f"dd if=/dev/urandom of=/blob bs=1048576 count={args.mb} 2>/dev/null\n"
+            )
+            done = await build(api, dockerfile)
+            sha = done["sha"]
+            tags.append(local_tag(sha))
+            shipped = await ship(api, sha, done["finished_at"])
+            engine2.images.remove(local_tag(sha), force=True)
+            handed = await asyncio.to_thread(by_hand, local_tag(sha), engine.host)
+            engine2.images.remove(local_tag(sha), force=True)
+            ships.append(shipped)
+            hands.append(handed)
+            print(f"round {round_ + 1}: archive {done['size'] / 1e6:.1f} MB; ship {shipped:.2f}s, "
+                  f"by hand {handed:.2f}s, ratio {shipped / handed:.2f}", flush=True)  # fmt: skip
+    finally:
+        grader.stop()
+        daemon.request_stop()
+        await asyncio.wait_for(builder, 60)
+        client.close()
+        engine2.close()
+        api_proc.stop()
+    return ships, hands
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=64, help="random data in the image, MiB (default 64)")
@@ -110,50 +154,17 @@ async def main() -> int:
     host = docker.from_env(timeout=300)
     build_image(host, BASE)
     engine = SecondDocker().start()
-    engine2 = engine.client(timeout=300)
     tags: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
-        work = Path(tmp)
-        api_proc = ApiProcess(work / "api", "--max-image-mb", str(4 * args.mb + 64)).start()
-        api = ApiClient(api_proc.url)
-        config = GraderConfig(api_url=api_proc.url, token=CLUSTER_TOKEN, work_dir=work / "builder", build=True,
-                              poll_wait_s=1.0, build_timeout_s=600.0)  # fmt: skip
-        (work / "builder").mkdir()
-        client = GraderClient(config)
-        daemon = Daemon(config, client, Executor(host, config.limits, config.work_dir, instance_id(config.work_dir)))
-        builder = asyncio.create_task(daemon.run())
-        grader = EngineGrader(api_proc.url, work / "engine2", engine.host).start()
-        ships, hands = [], []
-        try:
-            for round_ in range(args.rounds):
-                dockerfile = (
-                    f"FROM {BASE}\nRUN echo {uuid.uuid4().hex} > /id && "
-                    f"dd if=/dev/urandom of=/blob bs=1048576 count={args.mb} 2>/dev/null\n"
-                )
-                done = await build(api, dockerfile)
-                sha = done["sha"]
-                tags.append(local_tag(sha))
-                shipped = await ship(api, sha, done["finished_at"])
-                engine2.images.remove(local_tag(sha), force=True)
-                handed = await asyncio.to_thread(by_hand, local_tag(sha), engine.host)
-                engine2.images.remove(local_tag(sha), force=True)
-                ships.append(shipped)
-                hands.append(handed)
-                print(f"round {round_ + 1}: archive {done['size'] / 1e6:.1f} MB; ship {shipped:.2f}s, "
-                      f"by hand {handed:.2f}s, ratio {shipped / handed:.2f}", flush=True)  # fmt: skip
-        finally:
-            grader.stop()
-            daemon.request_stop()
-            await asyncio.wait_for(builder, 60)
-            client.close()
-            api_proc.stop()
-            for tag in tags:
-                try:
-                    host.images.remove(tag, force=True)
-                except docker.errors.ImageNotFound:
-                    pass
-            engine2.close()
-            engine.stop()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
+            ships, hands = await rounds(args, host, engine, Path(tmp), tags)
+    finally:
+        for tag in tags:
+            try:
+                host.images.remove(tag, force=True)
+            except docker.errors.ImageNotFound:
+                pass
+        engine.stop()  # whatever failed: no engine is left behind
     ship_s, hand_s = statistics.median(ships), statistics.median(hands)
     print(f"ship_s={ship_s:.3f} byhand_s={hand_s:.3f} ratio={ship_s / hand_s:.2f}")
     return 0
