@@ -217,3 +217,14 @@ async def test_an_archive_larger_than_one_store_message_is_served_whole(api: Api
     assert (await report(api, builder, build, True)).status == 200
     got = await api.request("GET", f"/api/v1/images/{SHA}.tgz", params={"worker_id": builder}, timeout=120)
     assert got.status == 200 and len(got.body) == len(archive) and got.body == archive
+
+
+async def test_a_build_whose_builder_died_is_queued_again(api: ApiClient) -> None:
+    await request_build(api)
+    builder = await api.register(slots=1, build="true")
+    await claim_build(api, builder)
+    # The builder sends no heartbeat: once it is declared dead (3 s here) its build goes back.
+    requeued = await eventually(lambda: status(api), lambda s: s["status"] == "queued", timeout=20, interval=0.2)
+    assert "declared dead" in requeued["error"]
+    other = await api.register(slots=1, build="true")
+    assert (await claim_build(api, other))["build"]["sha"] == SHA
