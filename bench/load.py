@@ -3,7 +3,8 @@
 One API child process on its embedded store (a fresh temporary data dir), driven over HTTP:
   submit/start/status  a 10,000-student run: seconds to submit, to start (queue every job),
                        and to GET its whole status (target < 0.3 s); heartbeat latency while it
-                       is submitted and started.
+                       is submitted and started. At the end, the baseline: its whole status from
+                       a restarted API (first read: whole documents; second: kept parts).
   summary              GET ?summary=1 of that run, median of 20 (target < 20 ms).
   claim growth         median poll->job latency with ~1,000 jobs queued, then with ~100,000
                        queued; their ratio (target <= 1.5: the claim must not scan the queue).
@@ -324,6 +325,22 @@ async def measure(
         worst = fig["requeue_ratio"]
         print(f"  requeued {', '.join(f'{r:.2f}' for r in requeues)} s after the last heartbeat "
               f"(worker timeout {WORKER_TIMEOUT:g} s; worst ratio {worst:.2f}, target <= 1.1)")  # fmt: skip
+    if run_id:
+        await status_after_restart(api, proc, run_id, args.students)
+
+
+async def status_after_restart(api: ApiClient, proc: ApiProcess, run_id: str, students: int) -> None:
+    """The baseline of the whole-status figure, in the same run: an API process that did not
+    submit the run reads its jobs' whole documents once (as every read did before the fixed
+    parts were kept, broadway/run_status_parts.py), then answers from what it kept."""
+    print(f"whole status of the {students:,}-student run after an API restart ...", flush=True)
+    await asyncio.to_thread(proc.stop)
+    await asyncio.to_thread(proc.start)
+    first = await step("first whole status", whole_status(api, run_id))
+    again = await step("second whole status", whole_status(api, run_id))
+    if first and again:
+        print(f"  first read {first[0]:.3f} s (whole documents), then {again[0]:.3f} s (kept fixed parts): "
+              f"ratio {again[0] / first[0]:.2f}")  # fmt: skip
 
 
 async def main() -> None:

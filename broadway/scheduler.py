@@ -17,6 +17,7 @@ from broadway.callbacks.targets import CallbackTargetError, TargetPolicy, check_
 from broadway.courses import Owner
 from broadway.models import Job, JobKind, JobStatus, Run, RunStatus
 from broadway.run_progress import RunProgress
+from broadway.run_status_parts import RunStatusParts, fixed_part
 from broadway.store import Store
 from broadway.store.ids import new_id_text
 from broadway.validation import NO_CEILINGS, RunPlan, StageCeilings, SubmissionError, plan_run
@@ -40,6 +41,8 @@ class Scheduler:
     ) -> None:
         self.store = store
         self.progress = RunProgress(store.runs.count_student_done)
+        # Each run's students' fixed status fields, encoded (GET of a whole run's status).
+        self.status_parts = RunStatusParts()
         self.ceilings = ceilings
         # Wakes long-polling graders in this process (see dispatch.JobSignal).
         self.on_jobs_queued = on_jobs_queued
@@ -65,6 +68,7 @@ class Scheduler:
         run = await self.store.runs.insert(
             plan.run_id, plan.n_students, plan.pre_job_id, plan.post_job_id, callback_url, owner
         )
+        self.status_parts.put(run.id, await asyncio.to_thread(students_fixed_parts, plan))
         log.info("run %s submitted: %d students", run.id, run.n_students)
         return run
 
@@ -159,3 +163,9 @@ class Scheduler:
         if await self.store.runs.mark_finished(run_id, status, error, self._callback_age(run)):
             self._callback_recorded(run)
             log.info("run %s %s%s", run.id, status.value, f": {error}" if error else "")
+
+
+def students_fixed_parts(plan: RunPlan) -> list[str]:
+    """The fixed status fields of a planned run's students, by seq (CPU: run in a thread)."""
+    students = sorted((job for job in plan.jobs if job.kind is JobKind.STUDENT), key=lambda job: job.seq)
+    return [fixed_part(job.job_id, job.stages, job.student) for job in students]

@@ -14,8 +14,9 @@ from broadway.courses import Scope
 from broadway.handlers.base import ApiError, APIHandler, needs_scope, parse_json
 from broadway.handlers.queue_room import admit_queued
 from broadway.models import Job, JobStatus, Run, RunStatus
+from broadway.run_status_parts import entry, fixed_part
 from broadway.store import valid_id
-from broadway.store.run_pages import PAGE_SIZE, PipelineJobs
+from broadway.store.run_pages import MOVING_FIELDS, PAGE_SIZE, WHOLE_READ_MAX, PipelineJobs
 from broadway.validation import SubmissionError
 
 # The most students one `?offset=&limit=` page holds.
@@ -114,16 +115,35 @@ class GradingRunHandler(RunHandler):
         self.write(head[: -len("null}")] + "[")
         counts = {status: 0 for status in JobStatus}
         separator = ""
+        # Each student's id, stages and student never change: this process keeps them encoded
+        # (broadway/run_status_parts.py), so only the moving fields are read and encoded. A run it
+        # has not kept is read whole, and kept for the next time.
+        status_parts = self.services.scheduler.status_parts
+        fixed = status_parts.get(run.id)
+        if fixed is not None and len(fixed) != run.n_students:
+            fixed = None
+        kept: list[str] = []
+        pages = self.services.store.run_pages
+        moving = await pages.all_students_moving(run) if fixed and run.n_students <= WHOLE_READ_MAX else None
         try:
             for offset in range(0, run.n_students, PAGE_SIZE):
-                jobs = await self.services.store.run_pages.students(run, offset, PAGE_SIZE)
-                text = await asyncio.to_thread(encode_jobs, jobs)
-                for job in jobs:
-                    counts[job.status] += 1
+                if fixed is not None and moving is not None:
+                    page = moving[offset : offset + PAGE_SIZE]
+                    text = await asyncio.to_thread(encode_entries, fixed[offset : offset + len(page)], page)
+                    statuses = [JobStatus(m["status"]) for m in page]
+                else:
+                    jobs = await pages.students(run, offset, PAGE_SIZE)
+                    text, parts = await asyncio.to_thread(encode_jobs_keeping_parts, jobs)
+                    kept.extend(parts)
+                    statuses = [job.status for job in jobs]
+                for status in statuses:
+                    counts[status] += 1
                 if text:
                     self.write(separator + text)
                     separator = ","
                 await self.flush()
+            if fixed is None and len(kept) == run.n_students:
+                status_parts.put(run.id, kept)
             tail = json.dumps({"counts": counts_json(counts)} | pipeline_json(pipeline))
             self.finish("]," + tail[1:])
         except StreamClosedError:
@@ -229,9 +249,21 @@ def run_page(
     return body | {"student_statuses": [job_summary(j) for j in jobs]} | pipeline_json(pipeline)
 
 
-def encode_jobs(jobs: list[Job]) -> str:
-    """A page of students as JSON list items without the brackets (CPU: run it in a thread)."""
-    return json.dumps([job_summary(j) for j in jobs])[1:-1]
+def encode_jobs_keeping_parts(jobs: list[Job]) -> tuple[str, list[str]]:
+    """A page of students as JSON list items without the brackets, and each one's fixed part
+    (CPU: run it in a thread)."""
+    parts = [fixed_part(job.id, job.stages, job.student) for job in jobs]
+    return encode_entries(parts, [moving_fields(job) for job in jobs]), parts
+
+
+def encode_entries(parts: list[str], moving: list[dict[str, Any]]) -> str:
+    """Students' entries from their fixed parts and moving fields, as JSON list items (CPU: thread)."""
+    return ",".join(entry(fixed, fields) for fixed, fields in zip(parts, moving, strict=True))
+
+
+def moving_fields(job: Job) -> dict[str, Any]:
+    summary = job_summary(job)
+    return {name: summary[name] for name in MOVING_FIELDS}
 
 
 default_handlers = [

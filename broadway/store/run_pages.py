@@ -25,6 +25,12 @@ from broadway.store.jobs import BULK_TIMEOUT_S, _job
 # Jobs per store operation when a whole run is read: ~12 ms each on nx-27017, so a heartbeat
 # queued behind one waits about that long.
 PAGE_SIZE = 500
+# Runs up to this many students have their whole status's moving fields read in one operation
+# (all_students_moving): ~0.13 s of the store at 10,000. Larger ones are read a page at a time.
+WHOLE_READ_MAX = 10_000
+# What changes in a student job after submission (broadway/run_status_parts.py keeps the rest).
+MOVING_FIELDS = ("status", "result", "error", "attempts", "queued_at", "started_at", "finished_at")
+_MOVING_PROJECTION = {"_id": 0, "kind": 1, "seq": 1, **{name: 1 for name in MOVING_FIELDS}}
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,25 @@ class RunPages:
         if [(d.get("kind"), d.get("seq")) for d in docs] != [(JobKind.STUDENT.value, seq) for seq in expected]:
             docs = await self._students_by_seq(run, offset, limit)
         return [_job(d) for d in docs]
+
+    async def all_students_moving(self, run: Run) -> list[dict[str, Any]] | None:
+        """Every student's moving fields (MOVING_FIELDS, absent ones None) in seq order, in ONE
+        store operation; None if the run's jobs are not exactly its students 0..n-1 (read it by
+        pages then).
+
+        One aggregate with an inclusion $project: nx-27017 then extracts those fields alone
+        instead of decoding whole documents (10,000 students: ~0.13 s, against ~0.4 s for the
+        whole documents by pages), but it holds the store that long, and a $skip in an aggregate
+        is not pushed down (pages of it cost O(n) each): callers use it for runs of at most
+        WHOLE_READ_MAX students only.
+        """
+        pipeline: list[dict[str, Any]] = [{"$match": {"run_id": run.id}}, {"$project": _MOVING_PROJECTION}]
+        with pymongo.timeout(BULK_TIMEOUT_S):
+            docs = await (await self.jobs.aggregate(pipeline)).to_list()
+        students = sorted((d for d in docs if d.get("kind") == JobKind.STUDENT.value), key=lambda d: int(d["seq"]))
+        if [d["seq"] for d in students] != list(range(run.n_students)):
+            return None
+        return [{name: doc.get(name) for name in MOVING_FIELDS} for doc in students]
 
     async def _students_by_seq(self, run: Run, offset: int, limit: int) -> list[dict[str, Any]]:
         match = {"run_id": run.id, "kind": JobKind.STUDENT.value, "seq": {"$gte": offset, "$lt": offset + limit}}

@@ -64,7 +64,7 @@ class SummaryStore:
         shares = CourseShares(self.jobs.database)
         heads, running = await shares.busy_courses(), await self._group(self.jobs, RUNNING, "course")
         running = {_course(course): n for course, n in running.items()}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for course in sorted(set(heads) | set(running)):
             queued = await self._count(self.jobs, {"queue_key": course_range(course)}) if course in heads else 0
             rows.append({"course": course, "queued": queued, "running": running.get(course, 0)})

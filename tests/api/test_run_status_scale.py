@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
 
 from broadway.server import ApiService
+from tests.conftest import MakeApi
 from tests.helpers import ApiClient, Response, eventually, run_config, stage
 
 RUNS = "/api/v1/grading_run"
@@ -173,3 +175,35 @@ async def test_a_client_that_hangs_up_mid_answer_leaves_the_api_serving(api: Api
     assert (await api.heartbeat(worker)).status == 200
     summary = await eventually(lambda: get_status(api, run_id, summary=1), lambda r: r.status == 200)
     assert summary.json["counts"]["created"] == 3000
+
+
+async def test_the_whole_status_is_the_same_from_the_submitting_process_and_another(make_api: MakeApi) -> None:
+    """The submitting process answers from the fixed parts it kept at submission, another one
+    reads them once and keeps them: all answer what the store holds, as jobs move on."""
+    first, second = await make_api(), await make_api()
+    submitter, other = ApiClient(first.url), ApiClient(second.url)
+    run_id = await submitter.submit(run_config(students=7, env={"COURSE": "cs241"}))
+
+    async def statuses() -> list[Any]:
+        seen = [(await submitter.status(run_id))["student_statuses"] for _ in range(2)]
+        seen += [(await other.status(run_id))["student_statuses"] for _ in range(2)]
+        page = await submitter.request("GET", f"/api/v1/grading_run/{run_id}", params={"offset": 0}, auth=True)
+        seen.append(page.json["student_statuses"])
+        assert all(s == seen[0] for s in seen), seen
+        return seen[0]
+
+    created = await statuses()
+    assert [s["status"] for s in created] == ["created"] * 7
+    assert [s["student"] for s in created] == [{"STUDENT_ID": f"s{i}"} for i in range(7)]
+    assert created[3]["stages"][0]["env"]["COURSE"] == "cs241"
+    assert (await submitter.start(run_id)).status == 200
+    worker = await submitter.register(slots=7)
+    held = [(await submitter.poll(worker)).json for _ in range(3)]
+    done = held[0]
+    await submitter.report(worker, done["job_id"], result="graded", attempt=done["attempt"])
+    moved = await statuses()
+    by_id = {s["job_id"]: s for s in moved}
+    assert by_id[done["job_id"]]["status"] == "succeeded" and by_id[done["job_id"]]["result"] == "graded"
+    assert sum(s["status"] == "running" for s in moved) == 2
+    assert sum(s["status"] == "queued" for s in moved) == 4
+    assert all(s["stages"] == c["stages"] for s, c in zip(moved, created, strict=True))
