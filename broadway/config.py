@@ -70,6 +70,8 @@ class Config:
     # it has had --max-attempts): a builder that died, or hung, does not hold it for ever.
     max_image_bytes: int = 4096 * MiB
     build_timeout_s: float = 1800.0
+    # How often jobs whose release delay (Orca's `priority`) has passed are queued (seconds).
+    orca_release_interval: float = 1.0
 
     @property
     def effective_worker_timeout(self) -> float:

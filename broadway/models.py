@@ -98,6 +98,11 @@ class SingleFields:
     grade: float | None = None
     comments: list[str] = field(default_factory=list)
     created_at: float | None = None
+    # Orca jobs only (PUT /api/v1/grading_queue): the LMS's key, the image, and why it waits, if it does.
+    orca_key: str | None = None
+    grader_image_sha: str | None = None
+    held_for: str | None = None
+    release_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from broadway.config import Config
 from broadway.embedded_store import EmbeddedStore, EmbeddedStoreError
 from broadway.handlers.base import Services
 from broadway.logs import configure_logging
-from broadway.store import connect
+from broadway.store import connect, is_store_failure
 from broadway.store.courses import CourseStore
 from broadway.tokens import Tokens, load_or_create, load_or_create_callback_secret
 
@@ -48,6 +48,7 @@ class ApiService:
         self.port = config.port
         self._server: tornado.httpserver.HTTPServer | None = None
         self._periodic: tornado.ioloop.PeriodicCallback | None = None
+        self._releases: tornado.ioloop.PeriodicCallback | None = None
         self.deliverer: Deliverer | None = None
 
     @property
@@ -84,15 +85,27 @@ class ApiService:
         self.reaper = self.services.reaper
         self._periodic = tornado.ioloop.PeriodicCallback(self.reaper.tick, config.reaper_interval * 1000)
         self._periodic.start()
+        # Orca jobs whose release delay has passed join the queue (broadway/holding_pen.py).
+        self._releases = tornado.ioloop.PeriodicCallback(self._release_due, config.orca_release_interval * 1000)
+        self._releases.start()
         self.deliverer.start()
         log.info(
             "listening on %s; heartbeat %ds, worker timeout %gs, max attempts %d",
             self.url, config.heartbeat_interval, config.effective_worker_timeout, config.max_attempts,
         )  # fmt: skip
 
+    async def _release_due(self) -> None:
+        try:
+            await self.services.holding_pen.release_due()
+        except Exception as e:
+            if not is_store_failure(e):
+                log.exception("releasing delayed Orca jobs failed")
+
     async def stop(self) -> None:
         if self._periodic is not None:
             self._periodic.stop()
+        if self._releases is not None:
+            self._releases.stop()
         if self._server is not None:
             self._server.stop()
             self.services.jobs_signal.notify()

@@ -18,6 +18,7 @@ from broadway.callbacks.targets import CallbackTargetError, TargetPolicy, check_
 from broadway.config import Config
 from broadway.grading import grade_of
 from broadway.models import Job, JobStatus
+from broadway.orca_queue import orca_ending
 from broadway.store import Store
 from broadway.store.idempotency import IdempotencyConflict
 from broadway.store.ids import new_id
@@ -115,6 +116,8 @@ class SingleJobs:
 def ending_for(job: Job, success: bool, result: str, error: str | None, callback_max_age_s: float) -> Ending:
     """How a single job ends given its grader's report."""
     callback = callback_max_age_s if job.single is not None and job.single.callback_url else None
+    if job.single is not None and job.single.orca_key is not None:
+        return orca_ending(job, result, error, callback_max_age_s)
     if error:
         return Ending(JobStatus.FAILED, error=error, callback_max_age_s=callback)
     grade = grade_of(result, success)

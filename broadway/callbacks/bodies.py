@@ -6,6 +6,8 @@ Jobs speak correctomatic's shapes, plus additive fields (job_id, status, finishe
 `grade` and `comments` are read from the job document's fields of those names, which the
 lifecycle sets from the parsed result when it ends the job.
 
+An Orca job's callback is Orca's GradingJobResult (orca_body).
+
 A grading run's callback carries its summary:
 {"grading_run_id", "status", "success", "counts": {job status: n}, "n_students", "error"?, times}.
 
@@ -23,6 +25,8 @@ _DEFAULT_ERRORS = {"cancelled": "the job was cancelled", "failed": "the job fail
 
 def job_body(doc: dict[str, Any]) -> dict[str, Any]:
     """The callback of a terminal job document."""
+    if doc.get("orca_key") is not None:
+        return orca_body(doc)
     status = str(doc.get("status"))
     body: dict[str, Any] = {"job_id": str(doc["_id"]), "status": status, "work_id": doc.get("work_id")}
     if status == "succeeded":
@@ -33,6 +37,18 @@ def job_body(doc: dict[str, Any]) -> dict[str, Any]:
     if doc.get("finished_at") is not None:
         body["finished_at"] = doc["finished_at"]
     return body
+
+
+def orca_body(doc: dict[str, Any]) -> dict[str, Any]:
+    """An Orca job's callback: its GradingJobResult ({"output"?, "shell_responses", "errors",
+    "key"}), as its grader's report made it, or, for a job that ended without one (cancelled,
+    its image's build failed, given up after its attempts), one that says why."""
+    response = doc.get("orca_response")
+    if isinstance(response, dict):
+        return {**response, "key": doc.get("orca_key")}
+    status = str(doc.get("status"))
+    error = doc.get("error") or _DEFAULT_ERRORS.get(status, f"the job ended {status}")
+    return {"key": doc.get("orca_key"), "shell_responses": [], "errors": [error]}
 
 
 def run_body(doc: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:

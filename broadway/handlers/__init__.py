@@ -5,6 +5,7 @@ from broadway.handlers import (
     courses,
     dashboard,
     grader_images,
+    grading_queue,
     health,
     job_files,
     jobs,
@@ -24,6 +25,7 @@ default_handlers = (
     + assignments.default_handlers
     + courses.default_handlers
     + grader_images.default_handlers
+    + grading_queue.default_handlers
     + metrics.default_handlers
     + dashboard.default_handlers
 )

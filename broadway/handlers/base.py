@@ -29,8 +29,10 @@ from broadway.callbacks.deliverer import Deliverer
 from broadway.config import Config
 from broadway.courses import DEFAULT_COURSE, Caller, Owner, Scope
 from broadway.dispatch import JobSignal
+from broadway.holding_pen import HoldingPen
 from broadway.liveness import Reaper
 from broadway.models import Worker
+from broadway.orca_queue import OrcaQueue
 from broadway.redaction import redact
 from broadway.scheduler import Scheduler
 from broadway.store import Store, is_store_failure
@@ -110,6 +112,19 @@ class Services:
     @cached_property
     def rate_limits(self) -> RateLimitStore:
         return RateLimitStore(self.store.db)
+
+    @cached_property
+    def holding_pen(self) -> HoldingPen:
+        """Orca jobs waiting for their grader image or their release time (broadway/holding_pen.py)."""
+        return HoldingPen(self.store, self.config.callback_max_age_s, self.jobs_signal.notify, self._callback_due)
+
+    @cached_property
+    def orca_queue(self) -> OrcaQueue:
+        return OrcaQueue(self.config, self.store, self.holding_pen)
+
+    def _callback_due(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.notify()
 
     @cached_property
     def authenticator(self) -> Authenticator:

@@ -37,7 +37,7 @@ KINDS = ("job", "run")
 # use, and not a job's stages or result, which can be megabytes.
 CLAIM_FIELDS = (
     "status", "callback_url", "delivery", "work_id", "grade", "comments", "error",
-    "created_at", "started_at", "finished_at", "n_students",
+    "created_at", "started_at", "finished_at", "n_students", "orca_key", "orca_response",
 )  # fmt: skip
 
 

@@ -56,8 +56,11 @@ ACTIVE = [JobStatus.CREATED.value, JobStatus.QUEUED.value, JobStatus.RUNNING.val
 
 # What a recorded report reads back: the job without the parts it does not need.
 RECORDED_FIELDS = {"stages": 0, "result": 0}
-# Fields only a queued job carries: dropped whenever it leaves the queue.
-QUEUED_ONLY = {"queue_key": "", "collation_key": ""}
+# Fields only a queued job carries: dropped whenever it leaves the queue. An Orca job's
+# `orca_ref` goes too: once it runs, the same key makes a new job instead of updating it.
+QUEUED_ONLY = {"queue_key": "", "collation_key": "", "orca_ref": ""}
+# Fields only a job held before the queue carries (broadway/store/orca_jobs.py).
+HELD_ONLY = {"held_for": "", "release_at": ""}
 
 
 def _single(doc: dict[str, Any]) -> SingleFields | None:
@@ -74,6 +77,10 @@ def _single(doc: dict[str, Any]) -> SingleFields | None:
         grade=doc.get("grade"),
         comments=doc.get("comments") or [],
         created_at=doc.get("created_at"),
+        orca_key=doc.get("orca_key"),
+        grader_image_sha=doc.get("grader_image_sha"),
+        held_for=doc.get("held_for"),
+        release_at=doc.get("release_at"),
     )
 
 
@@ -130,6 +137,8 @@ class Ending:
     error: str | None = None
     # Set when the job has a callback_url: its delivery is recorded by the ending update.
     callback_max_age_s: float | None = None
+    # An Orca job's GradingJobResult: what its callback carries.
+    orca_response: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,9 @@ class JobStore:
         await self.jobs.create_index([("queue_key", ASCENDING)], sparse=True)
         # A job's collation rank counts its user's queued jobs (see queue_keys.py); only queued jobs carry it.
         await self.jobs.create_index([("collation_key", ASCENDING)], sparse=True)
+        # Orca jobs before they are queued (broadway/store/orca_jobs.py).
+        for key in ("orca_ref", "held_for", "release_at"):
+            await self.jobs.create_index([(key, ASCENDING)], sparse=True)
         async for doc in self.jobs.find({"queue_key": {"$gt": "", "$lt": COURSE_MARK}}, {"queue_key": 1, "course": 1}):
             old = str(doc["queue_key"])
             new = upgraded_key(old, str(doc.get("course") or DEFAULT_COURSE))
@@ -370,6 +382,8 @@ class JobStore:
             fields.update(status=ending.status.value, grade=ending.grade, comments=ending.comments)
             if ending.callback_max_age_s is not None:
                 fields.update(pending_delivery_fields(now, ending.callback_max_age_s))
+            if ending.orca_response is not None:
+                fields["orca_response"] = ending.orca_response
         if error:
             fields["error"] = error
         else:

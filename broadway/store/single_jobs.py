@@ -22,7 +22,7 @@ from broadway.store.course_shares import CourseShares
 from broadway.store.deliveries import pending_delivery_fields
 from broadway.store.files import StoredFile
 from broadway.store.ids import parse_id
-from broadway.store.jobs import QUEUED_ONLY, _job, count, only
+from broadway.store.jobs import HELD_ONLY, QUEUED_ONLY, _job, count, only
 from broadway.store.queue_keys import fresh_key
 
 
@@ -42,6 +42,22 @@ class NewSingleJob:
     subject: str | None = None
     # Whose work it is, for Orca's collation ("user:<id>" or "team:<id>"); None: nobody's in particular.
     collation: str | None = None
+    # An Orca job's extra fields, and whether it waits (for its image, or its release time)
+    # before it is queued: see broadway/store/orca_jobs.py.
+    orca: OrcaFields | None = None
+
+
+@dataclass(frozen=True)
+class OrcaFields:
+    key: str
+    # Finds the job again for an update by key (see orca_jobs.orca_ref); kept only until it is claimed.
+    ref: str
+    grader_image_sha: str
+    container_response_url: str | None = None
+    # Held in the holding pen until this image's build ends.
+    held_for: str | None = None
+    # Queued at this time, not before (Orca's `priority` as a release delay).
+    release_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,17 @@ class Change:
 
 def collation_key(course: str, collation: str) -> str:
     return f"{course}/{collation}"
+
+
+def orca_doc_fields(orca: OrcaFields) -> dict[str, Any]:
+    fields: dict[str, Any] = {"orca_key": orca.key, "orca_ref": orca.ref, "grader_image_sha": orca.grader_image_sha}
+    if orca.container_response_url:
+        fields["container_response_url"] = orca.container_response_url
+    if orca.held_for is not None:
+        fields["held_for"] = orca.held_for
+    elif orca.release_at is not None:
+        fields["release_at"] = orca.release_at
+    return fields
 
 
 class SingleJobStore:
@@ -78,7 +105,7 @@ class SingleJobStore:
             self.shares.queued(course, key)
 
     async def insert(self, new: NewSingleJob) -> Job:
-        """Store a single submission, queued at once."""
+        """Store a single submission, queued at once (an Orca job may be held first: `created`)."""
         oid = ObjectId(new.job_id)
         now = time.time()
         doc: dict[str, Any] = {
@@ -107,8 +134,16 @@ class SingleJobStore:
             doc["collation_key"] = collation_key(new.course, new.collation)
         if new.callback_url:
             doc["callback_url"] = new.callback_url
+        if new.orca is not None:
+            doc.update(orca_doc_fields(new.orca))
+            if "held_for" in doc or "release_at" in doc:
+                doc["status"] = JobStatus.CREATED.value
+                doc["queued_at"] = None
+                doc.pop("queue_key")
+                doc.pop("collation_key", None)
         await self.jobs.insert_one(doc)
-        self._queued(new.course, doc["queue_key"])
+        if "queue_key" in doc:
+            self._queued(new.course, doc["queue_key"])
         return _job(doc)
 
     async def get(self, job_id: str) -> tuple[Job, dict[str, str]] | None:
@@ -184,7 +219,7 @@ class SingleJobStore:
                 fields.update(pending_delivery_fields(now, callback_max_age_s))
             after = await self.jobs.find_one_and_update(
                 {"_id": oid, "status": doc["status"]},
-                {"$set": fields, "$unset": {**QUEUED_ONLY, "holder": ""}},
+                {"$set": fields, "$unset": {**QUEUED_ONLY, **HELD_ONLY, "holder": ""}},
                 return_document=ReturnDocument.AFTER,
             )
             if after is not None:
