@@ -20,7 +20,7 @@ from broadway.logs import FORMATS, configure_logging
 from grader import metrics
 from grader.check import run_checks
 from grader.client import GraderClient
-from grader.config import DEFAULT_WORK_DIR, GraderConfig, Limits, parse_size
+from grader.config import DEFAULT_WORK_DIR, GraderConfig, Limits, add_image_arguments, image_settings, parse_size
 from grader.daemon import Daemon
 from grader.executor import Executor
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="address the metrics are served on (default 127.0.0.1)")  # fmt: skip
     p.add_argument("--check", action="store_true", help="check Docker, the API and the work dir, then exit")
+    add_image_arguments(p)
     return p
 
 
@@ -98,6 +99,7 @@ def config_from_args(argv: list[str] | None) -> tuple[GraderConfig, argparse.Nam
             work_dir=args.work_dir.resolve(),
             limits=limits,
             max_files_bytes=parse_size(args.max_files),
+            **image_settings(args),
         )
         if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
             raise ValueError("--metrics-port must be between 0 and 65535")

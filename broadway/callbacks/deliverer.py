@@ -32,6 +32,7 @@ from broadway.callbacks.sender import AttemptResult, CallbackSender, Outcome
 from broadway.callbacks.targets import host_for_log
 from broadway.store.connection import is_store_failure
 from broadway.store.deliveries import ClaimedDelivery, DeliveryStore
+from broadway.store.images import build_result_body
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,9 @@ class Deliverer:
             log.warning("callbacks: %s: the claim was lost during attempt %d; the new claimant decides", what, n)
 
     async def _build_body(self, claimed: ClaimedDelivery) -> str:
+        if claimed.kind == "image":  # frozen by the update that ended the build; this is the same body
+            document = claimed.document
+            return build_result_body(claimed.owner_id, document.get("status") == "succeeded", document.get("error"))
         if claimed.kind == "run":
             counts = await self.store.run_counts(claimed.owner_id)
             return encode(run_body(claimed.document, counts))

@@ -31,7 +31,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from broadway.store.ids import parse_id
 
-KINDS = ("job", "run")
+# Outboxes: jobs and runs (ids are ObjectIds), grader image builds (ids are their shas).
+KINDS = ("job", "run", "image")
 
 # What a claim reads: what the deliverer and the callback bodies (broadway/callbacks/bodies.py)
 # use, and not a job's stages or result, which can be megabytes.
@@ -89,7 +90,7 @@ class DeliveryAttempt:
 
 class DeliveryStore:
     def __init__(self, db: AsyncDatabase) -> None:
-        self.collections: dict[str, AsyncCollection] = {"job": db.jobs, "run": db.runs}
+        self.collections: dict[str, AsyncCollection] = {"job": db.jobs, "run": db.runs, "image": db.grader_images}
         self.attempts = db.delivery_attempts
         self._next_kind = 0
 
@@ -102,7 +103,7 @@ class DeliveryStore:
     async def set_pending(self, kind: str, owner_id: str, url: str, now: float, max_age_s: float) -> bool:
         """Record a callback to `url` for an existing job or run, due now. For documents ended
         outside the usual terminal update (and for tests); False if there is no such document."""
-        oid = parse_id(owner_id)
+        oid = _owner_key(kind, owner_id)
         if oid is None:
             return False
         fields = {"callback_url": url, **pending_delivery_fields(now, max_age_s)}
@@ -149,7 +150,7 @@ class DeliveryStore:
         )
 
     async def _finish(self, claimed: ClaimedDelivery, set_fields: dict[str, Any], unset_due: bool) -> bool:
-        fence = {"_id": parse_id(claimed.owner_id), "delivery.claim": claimed.claim}
+        fence = {"_id": _owner_key(claimed.kind, claimed.owner_id), "delivery.claim": claimed.claim}
         update: dict[str, Any] = {"$set": set_fields, "$unset": {"delivery.claim": ""}}
         if unset_due:
             update["$unset"]["delivery_due"] = ""
@@ -200,7 +201,7 @@ class DeliveryStore:
     async def delivery_state(self, kind: str, owner_id: str) -> dict[str, Any] | None:
         """The document's `delivery` subdocument without its body and claim (for status answers
         and tests); None if there is no such document or it has no callback."""
-        oid = parse_id(owner_id)
+        oid = _owner_key(kind, owner_id)
         if oid is None:
             return None
         doc = await self.collections[kind].find_one({"_id": oid}, {"delivery": 1, "delivery_due": 1})
@@ -220,3 +221,8 @@ class DeliveryStore:
 
 def _body(body: str | None) -> dict[str, Any]:
     return {"delivery.body": body} if body is not None else {}
+
+
+def _owner_key(kind: str, owner_id: str) -> Any:
+    """The `_id` of an outbox document: an ObjectId for jobs and runs, the sha itself for builds."""
+    return owner_id if kind == "image" else parse_id(owner_id)

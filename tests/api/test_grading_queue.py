@@ -250,3 +250,18 @@ async def test_another_courses_jobs_are_not_found(api: ApiClient) -> None:
     nobody = await api.request("GET", f"{QUEUE}/{job_id}/status", headers={"x-api-key": "wrong"})
     assert nobody.status == 401
     assert (await mine.request("GET", f"{QUEUE}/{job_id}/status", auth=True)).status == 200
+
+
+async def test_a_builds_response_url_hears_how_it_ended(make_api: MakeApi, receiver: CallbackReceiver) -> None:
+    api = await lms_api(make_api)
+    good, bad = dockerfile(7), dockerfile(8)
+    for text, path in ((good, "/lms/built"), (bad, "/lms/broken")):
+        body = {"dockerfile_contents": text, "dockerfile_sha_sum": sha_of(text), "response_url": receiver.script(path)}
+        await request_build(api, body)
+    await end_build(api)
+    await end_build(api, succeed=False)
+    (built_cb,) = await callbacks_at(receiver, "/lms/built")
+    (broken_cb,) = await callbacks_at(receiver, "/lms/broken")
+    assert built_cb.signed_ok and broken_cb.signed_ok
+    assert built_cb.json["dockerfile_sha_sum"] == sha_of(good) and built_cb.json["was_successful"] is True
+    assert broken_cb.json["was_successful"] is False and "RUN exited 1" in broken_cb.json["server_exception"]
