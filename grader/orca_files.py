@@ -14,7 +14,8 @@ into the placeholders in what it reports). A file with `should_replace_paths` ha
 placeholders replaced inside every file extracted from it (a javac argument file, say).
 
 Archives: application/zip, application/x-tar, application/x-gtar (tar + gzip) and
-application/gzip (one file, its name without .gz). Other types are copied as they are. Every
+application/gzip: a gzip'd tar (what a .tar.gz is usually sent as) is unpacked as one, any other
+gzip is one file, its name without .gz. Other types are copied as they are. Every
 download is http(s) only (redirects too), capped in size and time; unpacking writes regular
 files and directories only (links and devices are skipped), never outside the file's directory,
 and counts what it writes against the job directory's size limit.
@@ -45,6 +46,8 @@ MAX_ARCHIVE_MEMBERS = 20_000
 CONTAINER_ROOT = "/job"
 PLACEHOLDERS = {"$DOWNLOADED": "downloaded", "$EXTRACTED": "extracted", "$BUILD": "build"}
 
+# A tar header block, with the "ustar" magic at offset 257.
+TAR_BLOCK = 512
 _DIR_MODE = 0o777
 _FILE_MODE = 0o666
 _CHUNK = 1 << 16
@@ -158,8 +161,8 @@ def unpack(source: Path, mime: str, into: Path, budget: _Budget, name: str) -> P
     try:
         if mime in ZIP_TYPES:
             _unzip(source, into, budget, name)
-        elif mime in TAR_TYPES or mime in TAR_GZ_TYPES:
-            _untar(source, into, budget, name, compressed=mime in TAR_GZ_TYPES)
+        elif mime in TAR_TYPES or mime in TAR_GZ_TYPES or (mime in GZIP_TYPES and _is_gzipped_tar(source)):
+            _untar(source, into, budget, name, compressed=mime not in TAR_TYPES)
         elif mime in GZIP_TYPES:
             stem = source.name[: -len(".gz")] if source.name.endswith(".gz") else source.name
             target = into / (stem or name)
@@ -219,6 +222,16 @@ def _unzip(source: Path, into: Path, budget: _Budget, name: str) -> None:
             _mkdirs(into, target.parent)
             with archive.open(member) as data:
                 _write_file(data, target, budget, name)
+
+
+def _is_gzipped_tar(source: Path) -> bool:
+    """Whether a gzip file holds a tar archive: the POSIX magic of its first header block."""
+    try:
+        with gzip.open(source, "rb") as data:
+            header = data.read(TAR_BLOCK)
+    except (gzip.BadGzipFile, EOFError, OSError):
+        return False
+    return len(header) == TAR_BLOCK and header[257:262] == b"ustar"
 
 
 def _untar(source: Path, into: Path, budget: _Budget, name: str, compressed: bool) -> None:
