@@ -39,6 +39,8 @@ bench: venv docker
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/callbacks.py
 	$(BIN)/python bench/callbacks_delivery.py
+	$(BIN)/python bench/fairness.py
+	$(BIN)/python bench/images.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

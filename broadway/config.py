@@ -127,6 +127,8 @@ class Config:
             problems.append("--max-image-mb must be at least 1")
         if not args.build_timeout > 0:
             problems.append("--build-timeout must be positive")
+        if not 0 < args.orca_release_interval <= 60:
+            problems.append("--orca-release-interval must be between 0 and 60 seconds")
         if not 0 <= args.port <= 65535:
             problems.append("--port must be between 0 and 65535")
         jwt_key = args.jwt_key or env.get("BROADWAY_JWT_KEY") or None
@@ -166,6 +168,7 @@ class Config:
             jwt_issuer=args.jwt_issuer or None,
             max_image_bytes=args.max_image_mb * MiB,
             build_timeout_s=args.build_timeout,
+            orca_release_interval=args.orca_release_interval,
         )
 
 
@@ -249,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1800.0,
         help="seconds a grader image build may stay 'building' before it is queued again, or failed after "
         "--max-attempts (default 1800)",
+    )
+    p.add_argument(
+        "--orca-release-interval",
+        type=float,
+        default=1.0,
+        help="how often Orca jobs whose release delay (their priority) has passed join the queue, in "
+        "seconds (default 1)",
     )
     p.add_argument(
         "--log-format",
