@@ -66,7 +66,7 @@ class RunPages:
             return []
         skip = offset + (1 if run.pre_job_id else 0)
         with pymongo.timeout(BULK_TIMEOUT_S):
-            docs = await self.jobs.find({"run_id": run.id}, skip=skip, limit=limit).to_list()
+            docs = await self.jobs.find({"run_id": run.id}, skip=skip, limit=limit, batch_size=limit).to_list()
         expected = list(range(offset, offset + limit))
         if [(d.get("kind"), d.get("seq")) for d in docs] != [(JobKind.STUDENT.value, seq) for seq in expected]:
             docs = await self._students_by_seq(run, offset, limit)
@@ -85,7 +85,8 @@ class RunPages:
         """
         pipeline: list[dict[str, Any]] = [{"$match": {"run_id": run.id}}, {"$project": _MOVING_PROJECTION}]
         with pymongo.timeout(BULK_TIMEOUT_S):
-            docs = await (await self.jobs.aggregate(pipeline)).to_list()
+            # In one batch: nx-27017 answers in batches of ~100 by default, each a round trip.
+            docs = await (await self.jobs.aggregate(pipeline, batchSize=run.n_students + 2)).to_list()
         students = sorted((d for d in docs if d.get("kind") == JobKind.STUDENT.value), key=lambda d: int(d["seq"]))
         if [d["seq"] for d in students] != list(range(run.n_students)):
             return None
