@@ -45,6 +45,10 @@ class RunStatusParts:
             self._runs.move_to_end(run_id)
         return parts
 
+    def forget(self, run_id: str) -> None:
+        parts = self._runs.pop(run_id, None)
+        self._kept -= len(parts) if parts else 0
+
     def put(self, run_id: str, parts: list[str]) -> None:
         if len(parts) > self.max_students:
             return  # larger than the whole bound: read whole every time

@@ -16,7 +16,7 @@ from broadway.handlers.queue_room import admit_queued
 from broadway.models import Job, JobStatus, Run, RunStatus
 from broadway.run_status_parts import entry, fixed_part
 from broadway.store import valid_id
-from broadway.store.run_pages import MOVING_FIELDS, PAGE_SIZE, WHOLE_READ_MAX, PipelineJobs
+from broadway.store.run_pages import MOVING_FIELDS, PAGE_SIZE, WHOLE_READ_MAX, WHOLE_READ_MAX_BYTES, PipelineJobs
 from broadway.validation import SubmissionError
 
 # The most students one `?offset=&limit=` page holds.
@@ -124,7 +124,10 @@ class GradingRunHandler(RunHandler):
             fixed = None
         kept: list[str] = []
         pages = self.services.store.run_pages
-        moving = await pages.all_students_moving(run) if fixed and run.n_students <= WHOLE_READ_MAX else None
+        one_read = (
+            fixed is not None and run.n_students <= WHOLE_READ_MAX and sum(map(len, fixed)) <= WHOLE_READ_MAX_BYTES
+        )
+        moving = await pages.all_students_moving(run) if one_read else None
         try:
             for offset in range(0, run.n_students, PAGE_SIZE):
                 if fixed is not None and moving is not None:

@@ -25,9 +25,13 @@ from broadway.store.jobs import BULK_TIMEOUT_S, _job
 # Jobs per store operation when a whole run is read: ~12 ms each on nx-27017, so a heartbeat
 # queued behind one waits about that long.
 PAGE_SIZE = 500
-# Runs up to this many students have their whole status's moving fields read in one operation
-# (all_students_moving): ~0.13 s of the store at 10,000. Larger ones are read a page at a time.
+# Runs up to this many students, whose fixed parts (stages, student) take up to this many bytes,
+# have their whole status's moving fields read in one operation (all_students_moving): ~0.15 s
+# of the store at 10,000 students with one small stage each. The store's time grows with the
+# documents' size, projected or not (10,000 jobs of 20 stages: 0.8 s), so larger runs are read a
+# page at a time and heartbeats get in between.
 WHOLE_READ_MAX = 10_000
+WHOLE_READ_MAX_BYTES = 4 << 20
 # What changes in a student job after submission (broadway/run_status_parts.py keeps the rest).
 MOVING_FIELDS = ("status", "result", "error", "attempts", "queued_at", "started_at", "finished_at")
 _MOVING_PROJECTION = {"_id": 0, "kind": 1, "seq": 1, **{name: 1 for name in MOVING_FIELDS}}
