@@ -24,6 +24,7 @@ from typing import Any
 from broadway.callbacks.targets import CallbackTargetError, TargetPolicy, check_callback_url
 from broadway.config import Config
 from broadway.holding_pen import HoldingPen
+from broadway.job_status import lifecycle_of
 from broadway.models import Job, JobStatus
 from broadway.orca.config import GradingJobConfig, OrcaConfigError, parse_grading_job
 from broadway.orca.images import built_image_tag
@@ -162,18 +163,11 @@ def status_of(job: Job) -> dict[str, Any]:
     """GET /api/v1/grading_queue/{id}/status."""
     single = job.single
     held = job.status is JobStatus.CREATED and single is not None and single.held_for is not None
-    body: dict[str, Any] = {
-        "id": job.id,
+    body = lifecycle_of(job) | {
         "key": single.orca_key if single else None,
         "status": "held" if held else job.status.value,
         "grader_image_sha": single.grader_image_sha if single else None,
         "in_holding_pen": held,
-        "attempts": job.attempts,
-        "created_at": single.created_at if single else None,
-        "queued_at": job.queued_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "error": job.error,
     }
     if single is not None and single.release_at is not None and job.status is JobStatus.CREATED:
         body["status"] = "waiting"

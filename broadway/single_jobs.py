@@ -17,6 +17,7 @@ from typing import Any
 from broadway.callbacks.targets import CallbackTargetError, TargetPolicy, check_callback_url
 from broadway.config import Config
 from broadway.grading import grade_of
+from broadway.job_status import lifecycle_of
 from broadway.models import Job, JobStatus
 from broadway.orca_queue import orca_ending
 from broadway.store import Store
@@ -159,16 +160,7 @@ STAGE_FIELDS = ("image", "exit_code", "timed_out", "oom_killed", "duration_s", "
 def status_of(job: Job) -> dict[str, Any]:
     """GET /api/v1/job/{id}/status."""
     single = job.single
-    body: dict[str, Any] = {
-        "id": job.id,
-        "status": job.status.value,
-        "attempts": job.attempts,
-        "created_at": single.created_at if single else None,
-        "queued_at": job.queued_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "error": job.error,
-    }
+    body = lifecycle_of(job)
     if single is not None:
         body.update(work_id=single.work_id, assignment=single.assignment, priority=single.priority)
         body["files"] = [{"name": f["name"], "size": f["size"]} for f in single.files]

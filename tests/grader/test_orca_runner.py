@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import gzip
-import http.server
 import io
 import json
 import tarfile
-import threading
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -22,15 +19,11 @@ import pytest
 
 from grader.config import Limits
 from grader.executor import LABEL, Executor, JobOutcome
+from tests.file_server import serving
 from tests.helpers import eventually
 from utils.images import build_image
 
 pytestmark = pytest.mark.usefixtures("busybox_image")
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
@@ -56,13 +49,8 @@ def file_server(tmp_path: Path) -> Iterator[str]:
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("../../escape.txt", "out")
     (root / "evil.zip").write_bytes(archive.getvalue())
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(root) as url:
+        yield url
 
 
 @pytest.fixture

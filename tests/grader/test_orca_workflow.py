@@ -6,12 +6,9 @@ receives the GradingJobResult, signed."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import pytest
 from grader.image_builder import local_tag
 from tests.api.callback_receiver import SECRET, CallbackReceiver
 from tests.conftest import MakeApi
+from tests.file_server import serving
 from tests.grader.test_images import EngineGrader, builder_grader, ended, engine2  # noqa: F401 - fixture
 from tests.helpers import ApiClient, eventually
 from tests.second_docker import SecondDocker, second_docker  # noqa: F401 - fixture
@@ -32,11 +30,6 @@ DOCKERFILE = (
     "RUN printf '#!/bin/sh\\ngrep -c correct \"$1\"\\n' > /grade.sh && chmod 755 /grade.sh\n"
 )
 SHA = hashlib.sha256(DOCKERFILE.encode()).hexdigest()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
@@ -51,13 +44,8 @@ def lms_files(tmp_path: Path) -> Iterator[str]:
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     (root / "submission.tar.gz").write_bytes(archive.getvalue())
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(root) as url:
+        yield url
 
 
 @pytest.fixture
