@@ -17,6 +17,7 @@ A refresh is a few short index reads whatever the queue's size:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -25,6 +26,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from broadway.fair_share import DEFAULT_WEIGHT, CourseQueue, share_order
 from broadway.store.queue_keys import COURSE_MARK, course_of_key, tail_of
+
+log = logging.getLogger(__name__)
 
 REFRESH_S = 0.5
 WEIGHTS_REFRESH_S = 5.0
@@ -44,29 +47,40 @@ class CourseShares:
         self.weights: dict[str, float] = {}
         self._refreshed_at = float("-inf")
         self._weights_at = float("-inf")
-        self._refreshing = asyncio.Lock()
+        self._refresh: asyncio.Future[None] | None = None
+        # This process's own changes since the running refresh began (see queued() and refresh()).
+        self._queued_meanwhile: dict[str, str] = {}
+        self._running_meanwhile: dict[str, int] = {}
 
-    async def order(self) -> list[str]:
-        """The courses with queued jobs, furthest below their share first."""
-        await self._refresh_if_due()
+    def order(self) -> list[str]:
+        """The courses with queued jobs, furthest below their share first. A refresh that is due
+        is started in the background: a claim never waits for it (it would add its store reads to
+        the claim's latency); it uses the view as it is, and the fallback claim covers the rest."""
+        self._refresh_if_due()
         queues = [
             CourseQueue(course, self.running.get(course, 0), self.weights.get(course, DEFAULT_WEIGHT), head)
             for course, head in self.heads.items()
         ]
         return share_order(queues)
 
-    # What this process does, applied at once (the next refresh replaces it with the store's view).
+    # What this process does, applied at once. The next refresh replaces it with the store's
+    # view, except what happened while that refresh was reading: it may not have seen it.
     def queued(self, course: str, key: str) -> None:
         head = tail_of(key)
-        current = self.heads.get(course)
-        if current is None or head < current:
-            self.heads[course] = head
+        for heads in (self.heads, self._queued_meanwhile):
+            current = heads.get(course)
+            if current is None or head < current:
+                heads[course] = head
 
     def claimed(self, course: str) -> None:
-        self.running[course] = self.running.get(course, 0) + 1
+        self._count(course, +1)
 
     def ended(self, course: str) -> None:
-        self.running[course] = max(self.running.get(course, 0) - 1, 0)
+        self._count(course, -1)
+
+    def _count(self, course: str, change: int) -> None:
+        self.running[course] = max(self.running.get(course, 0) + change, 0)
+        self._running_meanwhile[course] = change
 
     def drained(self, course: str) -> None:
         self.heads.pop(course, None)
@@ -75,18 +89,36 @@ class CourseShares:
         """Read everything again at the next claim (after bulk changes such as a cancelled run)."""
         self._refreshed_at = float("-inf")
 
-    async def _refresh_if_due(self) -> None:
-        if time.monotonic() - self._refreshed_at < REFRESH_S or self._refreshing.locked():
-            return  # fresh enough, or another claim is reading it now: use what there is
-        async with self._refreshing:
-            started = time.monotonic()
-            if started - self._weights_at >= WEIGHTS_REFRESH_S:
-                self.weights = await self._weights()
-                self._weights_at = started
-            heads = await self.busy_courses()
-            running = await self._running()
-            self.heads, self.running = heads, running
-            self._refreshed_at = started
+    def _refresh_if_due(self) -> None:
+        if time.monotonic() - self._refreshed_at < REFRESH_S or self._refresh is not None:
+            return  # fresh enough, or being read now: use what there is
+        self._refresh = asyncio.ensure_future(self.refresh())
+        self._refresh.add_done_callback(self._refreshed)
+
+    def _refreshed(self, task: asyncio.Future[None]) -> None:
+        self._refresh = None
+        if not task.cancelled() and task.exception() is not None:
+            # The store is down, say: the claims that need it report that; try again at the next one.
+            log.debug("fair-share view not refreshed: %s", task.exception())
+
+    async def refresh(self) -> None:
+        """Read the view from the store now."""
+        started = time.monotonic()
+        self._refreshed_at = started  # a failed read is not retried before REFRESH_S either
+        self._queued_meanwhile, self._running_meanwhile = {}, {}
+        if started - self._weights_at >= WEIGHTS_REFRESH_S:
+            self.weights = await self._weights()
+            self._weights_at = started
+        heads = await self.busy_courses()
+        running = await self._running()
+        for course, head in self._queued_meanwhile.items():
+            heads[course] = min(head, heads.get(course, head))
+        # A claim or report during the read may or may not be in the store's count: for those
+        # courses keep this process's own count (exact for what it did itself) until a refresh
+        # that nothing of theirs overlaps.
+        for course in self._running_meanwhile:
+            running[course] = self.running.get(course, 0)
+        self.heads, self.running = heads, running
 
     async def _weights(self) -> dict[str, float]:
         weights = {}

@@ -285,24 +285,35 @@ class JobStore:
         the queued jobs. `claimed_legacy` remembers whether the claimer was a legacy grader, so
         that a report-and-next from a non-legacy one needs no worker lookup (see report()).
 
-        Weighted fair share: the courses with queued jobs are tried furthest below their share
-        first, each by one claim on its own range of the key; a course found empty is dropped
-        from this process's view. Last comes one claim on the whole queue, which finds jobs
-        another API process queued for a course this one has not seen yet (and, with the queue
-        empty, is the only store operation an idle poll costs besides the view's refresh).
+        Weighted fair share: with two or more courses in this process's view of the busy ones,
+        they are tried furthest below their share first, each by one claim on its own range of
+        the key; a course found empty is dropped from the view. Then (and at once, with one
+        course or none in view: there is no share to weigh) one claim on the whole queue, which
+        also finds jobs another API process queued for a course this one has not seen yet. So a
+        claim with one busy course, or an idle poll, is one store operation, as before courses:
+        a crowd of pollers woken by one job does not cost the store twice.
+        A claim counts as running in its course's share from before it is sent (and is taken
+        back if it finds nothing): claims in flight at the same moment would otherwise all see
+        the same shares and all go to the same course.
         """
-        for course in await self.shares.order():
-            doc = await self._claim({"queue_key": course_range(course)}, worker_ref, legacy)
-            if doc is not None:
+        order = self.shares.order()
+        if len(order) > 1:
+            for course in order:
                 self.shares.claimed(course)
-                return _job(doc)
-            self.shares.drained(course)
+                doc = await self._claim({"queue_key": course_range(course)}, worker_ref, legacy)
+                if doc is not None:
+                    return _job(doc)
+                self.shares.ended(course)
+                self.shares.drained(course)
         doc = await self._claim({"queue_key": {"$gt": ""}}, worker_ref, legacy)
         if doc is None:
+            for course in order:
+                self.shares.drained(course)
             return None
         job = _job(doc)
         self.shares.claimed(job.course)
-        self.shares.forget()  # its course was not in the view: read the view again
+        if job.course not in order:
+            self.shares.forget()  # a course the view did not have: read the view again
         return job
 
     async def _claim(self, match: dict[str, Any], worker_ref: str, legacy: bool) -> dict[str, Any] | None:
