@@ -7,6 +7,7 @@ scrape after its workload with one before it.
 from __future__ import annotations
 
 import json
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -123,10 +124,14 @@ async def test_store_gauges_are_counted_at_most_once_a_second(api: ApiClient, ap
     gauges = api_service._server.request_callback.settings["store_gauges"]  # type: ignore[attr-defined]
     await scrape(api)
     start = gauges.refreshes
+    began = time.monotonic()
     for _ in range(20):
         await scrape(api)
-    # 20 scrapes in well under two seconds: at most two more refreshes.
-    assert gauges.refreshes - start <= 2
+    elapsed = time.monotonic() - began
+    # At most one refresh a second however fast the scrapes come (and one more for where the
+    # second boundaries fall): 20 scrapes usually take well under two seconds, longer on a
+    # loaded machine, which is allowed no more than its seconds.
+    assert gauges.refreshes - start <= int(elapsed) + 2, (gauges.refreshes - start, elapsed)
 
 
 async def test_metrics_token_protects_the_endpoint(mongo_url: str, tmp_path: object) -> None:
