@@ -32,7 +32,7 @@ from broadway.store import Store
 from broadway.store.ids import new_id
 from broadway.store.images import BuildStatus
 from broadway.store.jobs import Ending
-from broadway.store.orca_jobs import OrcaJobStore, orca_ref
+from broadway.store.orca_jobs import orca_ref
 from broadway.store.single_jobs import NewSingleJob, OrcaFields
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ class OrcaQueue:
         self.config = config
         self.store = store
         self.pen = pen
-        self.orca_jobs = OrcaJobStore(store.db, store.jobs.shares)
         self.callback_policy = TargetPolicy.from_strings(config.callback_allow_networks)
 
     async def put(self, body: Any, course: str, subject: str | None, immediate: bool) -> Placed:
@@ -70,7 +69,7 @@ class OrcaQueue:
         ref = orca_ref(course, config.key, config.response_url)
         collation = f"{config.collation.type}:{config.collation.id}"
         change: dict[str, Any] = {"stages": [stage], "collation": collation}
-        updated = await self.orca_jobs.update_waiting(ref, change, release_now=immediate)
+        updated = await self.pen.jobs.update_waiting(ref, change, release_now=immediate)
         if updated is not None:
             log.info("orca job %s updated by its key", updated.id)
             return Placed(updated, created=False)

@@ -24,6 +24,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
+from broadway.courses import DEFAULT_COURSE
 from broadway.fair_share import DEFAULT_WEIGHT, CourseQueue, share_order
 from broadway.store.queue_keys import COURSE_MARK, course_of_key, tail_of
 
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 REFRESH_S = 0.5
 WEIGHTS_REFRESH_S = 5.0
-DEFAULT_COURSE = "default"
 # A refresh reads at most this many courses' heads; a cluster with more busy courses than this
 # serves the rest through the claim's fallback (first queued job of any course).
 MAX_BUSY_COURSES = 500
@@ -50,7 +50,7 @@ class CourseShares:
         self._refresh: asyncio.Future[None] | None = None
         # This process's own changes since the running refresh began (see queued() and refresh()).
         self._queued_meanwhile: dict[str, str] = {}
-        self._running_meanwhile: dict[str, int] = {}
+        self._counted_meanwhile: set[str] = set()
 
     def order(self) -> list[str]:
         """The courses with queued jobs, furthest below their share first. A refresh that is due
@@ -80,7 +80,7 @@ class CourseShares:
 
     def _count(self, course: str, change: int) -> None:
         self.running[course] = max(self.running.get(course, 0) + change, 0)
-        self._running_meanwhile[course] = change
+        self._counted_meanwhile.add(course)
 
     def drained(self, course: str) -> None:
         self.heads.pop(course, None)
@@ -105,7 +105,7 @@ class CourseShares:
         """Read the view from the store now."""
         started = time.monotonic()
         self._refreshed_at = started  # a failed read is not retried before REFRESH_S either
-        self._queued_meanwhile, self._running_meanwhile = {}, {}
+        self._queued_meanwhile, self._counted_meanwhile = {}, set()
         if started - self._weights_at >= WEIGHTS_REFRESH_S:
             self.weights = await self._weights()
             self._weights_at = started
@@ -116,7 +116,7 @@ class CourseShares:
         # A claim or report during the read may or may not be in the store's count: for those
         # courses keep this process's own count (exact for what it did itself) until a refresh
         # that nothing of theirs overlaps.
-        for course in self._running_meanwhile:
+        for course in self._counted_meanwhile:
             running[course] = self.running.get(course, 0)
         self.heads, self.running = heads, running
 

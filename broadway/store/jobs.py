@@ -27,8 +27,9 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from broadway.courses import DEFAULT_COURSE
 from broadway.models import Job, JobKind, JobStatus, SingleFields
-from broadway.store.course_shares import DEFAULT_COURSE, CourseShares
+from broadway.store.course_shares import CourseShares
 from broadway.store.deliveries import pending_delivery_fields
 from broadway.store.ids import oid, parse_id
 from broadway.store.queue_keys import (

@@ -20,8 +20,9 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from broadway.courses import DEFAULT_COURSE
 from broadway.models import Job, JobStatus
-from broadway.store.course_shares import DEFAULT_COURSE, CourseShares
+from broadway.store.course_shares import CourseShares
 from broadway.store.deliveries import pending_delivery_fields
 from broadway.store.jobs import HELD_ONLY, _job, only
 from broadway.store.queue_keys import fresh_key
