@@ -89,6 +89,9 @@ async def test_cold_stop_kills_containers_and_the_job_is_requeued(
     await job_running(api, run_id)
     await eventually(lambda: asyncio.to_thread(broadway_containers, docker_client), lambda ids: len(ids) == 1)
     grader.signal(signal.SIGTERM)
+    # Two signals pending at once are delivered lowest number first (SIGINT before SIGTERM), so
+    # the second is sent only once the first has been taken as the warm stop.
+    await eventually(lambda: asyncio.to_thread(grader.log), lambda text: "finishing running jobs" in text)
     grader.signal(signal.SIGINT)
     assert await wait_exit(grader, 20) == 128 + signal.SIGINT
     assert broadway_containers(docker_client) == []
