@@ -56,6 +56,8 @@ class Run:
     callback_url: str | None = None
     # The course that owns it (its jobs are queued in that course's share).
     course: str = "default"
+    # Its jobs carry per-status keys (broadway/store/run_status_keys.py): false for older runs.
+    keyed_statuses: bool = False
 
 
 @dataclass(frozen=True)

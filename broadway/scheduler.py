@@ -153,7 +153,7 @@ class Scheduler:
             self.on_callback_due()
 
     async def _queue_one(self, job: Job) -> None:
-        if job.status is JobStatus.CREATED and await self.store.jobs.queue_one(job.id, job.course):
+        if job.status is JobStatus.CREATED and await self.store.jobs.queue_one(job.id, str(job.run_id), job.course):
             self.on_jobs_queued()
 
     async def _finish(self, run: Run, status: RunStatus, error: str | None = None) -> None:

@@ -29,6 +29,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from broadway.courses import DEFAULT_COURSE
 from broadway.models import Job, JobKind, JobStatus, SingleFields
+from broadway.store import run_status_keys
 from broadway.store.course_shares import CourseShares
 from broadway.store.deliveries import pending_delivery_fields
 from broadway.store.ids import oid, parse_id
@@ -43,6 +44,7 @@ from broadway.store.queue_keys import (
     fresh_key,
     queue_key,
 )
+from broadway.store.run_status_keys import key_of, moved, unkeyed
 from broadway.validation import PlannedJob, RunPlan
 
 # Operations whose cost grows with a run's size (100k students: ~20 s on nx-27017) get this
@@ -177,6 +179,11 @@ def upgraded_key(old: str, course: str) -> str:
     return f"{course_prefix(course)}{job_class}{priority}{0:06d}{rest}"
 
 
+def _cancelled(run_id: str) -> dict[str, Any]:
+    """What a cancelled job of a run is set to."""
+    return {"status": JobStatus.CANCELLED.value, "finished_at": time.time(), key_of(JobStatus.CANCELLED): str(run_id)}
+
+
 def start_chunk(run_id: str, number: int) -> str:
     """The key queue_students moves a run's student jobs by, QUEUE_BATCH at a time."""
     return f"{run_id}:{number}"
@@ -210,6 +217,7 @@ class JobStore:
         # Orca jobs before they are queued (broadway/store/orca_jobs.py).
         for key in ("orca_ref", "held_for", "release_at"):
             await self.jobs.create_index([(key, ASCENDING)], sparse=True)
+        await run_status_keys.ensure_indexes(self.jobs)
         async for doc in self.jobs.find({"queue_key": {"$gt": "", "$lt": COURSE_MARK}}, {"queue_key": 1, "course": 1}):
             old = str(doc["queue_key"])
             new = upgraded_key(old, str(doc.get("course") or DEFAULT_COURSE))
@@ -240,13 +248,14 @@ class JobStore:
         kind_order = {JobKind.PRE: 0, JobKind.STUDENT: 1, JobKind.POST: 2}
         return sorted(docs, key=lambda j: (kind_order[j.kind], j.seq))
 
-    async def queue_one(self, job_id: str, course: str = DEFAULT_COURSE) -> bool:
-        """created -> queued for one (pre/post-processing) job; False if it was not `created`."""
+    async def queue_one(self, job_id: str, run_id: str, course: str = DEFAULT_COURSE) -> bool:
+        """created -> queued for one (pre/post-processing) job of a run; False if it was not `created`."""
         key = queue_key(course, PRIORITY_PIPELINE, job_id)
         result = await self.jobs.update_one(
             {"_id": oid(job_id), "status": JobStatus.CREATED.value},
-            {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(), "queue_key": key}},
-        )
+            {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(), "queue_key": key,
+                      key_of(JobStatus.QUEUED): str(run_id)}},
+        )  # fmt: skip
         if result.modified_count == 1:
             self.shares.queued(course, key)
         return result.modified_count == 1
@@ -267,7 +276,8 @@ class JobStore:
             with pymongo.timeout(BULK_TIMEOUT_S):
                 result = await self.jobs.update_many(
                     {"start_chunk": only(start_chunk(run_id, chunk)), "status": JobStatus.CREATED.value},
-                    {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(), "queue_key": key},
+                    {"$set": {"status": JobStatus.QUEUED.value, "queued_at": time.time(), "queue_key": key,
+                              key_of(JobStatus.QUEUED): str(run_id)},
                      "$unset": {"start_chunk": ""}},
                 )  # fmt: skip
             moved += result.modified_count
@@ -325,6 +335,8 @@ class JobStore:
                 "$set": {"status": JobStatus.RUNNING.value, "worker": worker_ref, "holder": worker_ref,
                          "attempt_id": secrets.token_hex(8), "started_at": time.time(), "claimed_legacy": legacy},
                 "$inc": {"attempts": 1},
+                # A run's job takes its status key along (broadway/store/run_status_keys.py).
+                "$rename": moved(JobStatus.QUEUED, JobStatus.RUNNING),
             },
             sort=[("queue_key", ASCENDING)],
             return_document=ReturnDocument.AFTER,
@@ -333,14 +345,18 @@ class JobStore:
     async def release(self, job_id: str, attempt_id: str) -> bool:
         """Put a just-claimed job back (its poller hung up before receiving it); the attempt does not count."""
         # Rare (a hang-up at the moment of hand-out): one more read for the job's course is fine.
-        found = await self.jobs.find_one({"_id": oid(job_id)}, {"course": 1})
+        found = await self.jobs.find_one({"_id": oid(job_id)}, {"course": 1, "run_id": 1})
         course = str(found.get("course") or DEFAULT_COURSE) if found else DEFAULT_COURSE
         key = queue_key(course, PRIORITY_REQUEUED, job_id)
+        update: dict[str, Any] = {
+            "$set": {"status": JobStatus.QUEUED.value, "queue_key": key},
+            "$unset": {"attempt_id": "", "worker": "", "holder": ""}, "$inc": {"attempts": -1},
+        }  # fmt: skip
+        if found and found.get("run_id"):
+            update["$rename"] = moved(JobStatus.RUNNING, JobStatus.QUEUED)
         result = await self.jobs.update_one(
-            {"_id": oid(job_id), "status": JobStatus.RUNNING.value, "attempt_id": attempt_id},
-            {"$set": {"status": JobStatus.QUEUED.value, "queue_key": key},
-             "$unset": {"attempt_id": "", "worker": "", "holder": ""}, "$inc": {"attempts": -1}},
-        )  # fmt: skip
+            {"_id": oid(job_id), "status": JobStatus.RUNNING.value, "attempt_id": attempt_id}, update
+        )
         if result.modified_count == 1:
             self.shares.ended(course)
             self.shares.queued(course, key)
@@ -405,9 +421,11 @@ class JobStore:
         # `$or` beside the `_id` (3 ms at 3k jobs, growing as the run's jobs finish) and answers
         # each case alone from `_id`. Each update is atomic on its own condition, so the outcome
         # is one that the single `$or` could have had at the moment of the second.
-        update = {"$set": fields, "$unset": unset}
         job_oid = oid(job_id)
-        for case in (holds, held_last):
+        for case, was in ((holds, JobStatus.RUNNING), (held_last, JobStatus.QUEUED)):
+            update: dict[str, Any] = {"$set": fields, "$unset": unset}
+            if ending is None:  # a run's job: its status key moves along (run_status_keys.py)
+                update["$rename"] = moved(was, status)
             # Not the stages nor the result (up to --max-result-bytes) back: the caller has the result.
             doc = await self.jobs.find_one_and_update(
                 {"_id": job_oid, "kind": kind, **case},
@@ -470,6 +488,7 @@ class JobStore:
                              "error": f"attempt {attempts}: {reason}"},
                     "$unset": forget,
                 }  # fmt: skip
+                new_status = JobStatus.QUEUED
                 bucket = requeued
             else:
                 error = f"infrastructure: gave up after {attempts} attempts; last: {reason}"
@@ -478,7 +497,10 @@ class JobStore:
                 if doc.get("callback_url"):  # the LMS is told in the same update
                     ended.update(pending_delivery_fields(now, callback_max_age_s))
                 update = {"$set": ended, "$unset": {"holder": ""}}
+                new_status = JobStatus.FAILED
                 bucket = failed
+            if doc.get("run_id"):
+                update["$rename"] = moved(JobStatus.RUNNING, new_status)
             after = await self.jobs.find_one_and_update(holder, update, return_document=ReturnDocument.AFTER)
             if after:
                 bucket.append(_job(after))
@@ -504,10 +526,7 @@ class JobStore:
         with pymongo.timeout(BULK_TIMEOUT_S):
             result = await self.jobs.update_many(
                 {"run_id": only(str(run_id)), "status": {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}},
-                {
-                    "$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()},
-                    "$unset": QUEUED_ONLY,
-                },
+                {"$set": _cancelled(run_id), "$unset": QUEUED_ONLY | unkeyed(JobStatus.QUEUED)},
             )
         self.shares.forget()
         return result.modified_count
@@ -517,7 +536,7 @@ class JobStore:
         with pymongo.timeout(BULK_TIMEOUT_S):
             result = await self.jobs.update_many(
                 {"run_id": only(str(run_id)), "status": JobStatus.RUNNING.value},
-                {"$set": {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}, "$unset": {"holder": ""}},
+                {"$set": _cancelled(run_id), "$unset": {"holder": ""} | unkeyed(JobStatus.RUNNING)},
             )
         self.shares.forget()
         return result.modified_count

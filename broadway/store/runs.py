@@ -14,6 +14,7 @@ from broadway.courses import Owner
 from broadway.models import Run, RunStatus
 from broadway.store.deliveries import pending_delivery_fields
 from broadway.store.ids import oid
+from broadway.store.run_status_keys import RUN_MARK
 
 
 def _run(doc: dict[str, Any]) -> Run:
@@ -29,6 +30,7 @@ def _run(doc: dict[str, Any]) -> Run:
         error=doc.get("error"),
         callback_url=doc.get("callback_url"),
         course=Owner.of(doc).course,
+        keyed_statuses=bool(doc.get(RUN_MARK)),
     )
 
 
@@ -68,6 +70,7 @@ class RunStore:
             "created_at": time.time(),
             "course": owner.course,
             "owner_subject": owner.subject,
+            RUN_MARK: True,
         }
         if callback_url:
             doc["callback_url"] = callback_url
