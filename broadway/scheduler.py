@@ -95,7 +95,7 @@ class Scheduler:
             if pre.status is not JobStatus.SUCCEEDED:
                 await self._finish(run, RunStatus.FAILED, f"pre-processing job {pre.status.value}")
                 return
-        counts = await self.store.jobs.status_counts(run_id, JobKind.STUDENT)
+        counts = await self.store.jobs.student_counts(run)
         if counts[JobStatus.CREATED]:
             if await self.store.jobs.queue_students(run_id, run.n_students, run.course):
                 self.on_jobs_queued()
@@ -153,7 +153,7 @@ class Scheduler:
             self.on_callback_due()
 
     async def _queue_one(self, job: Job) -> None:
-        if job.status is JobStatus.CREATED and await self.store.jobs.queue_one(job.id, str(job.run_id), job.course):
+        if job.status is JobStatus.CREATED and await self.store.jobs.queue_one(job.id, job.course):
             self.on_jobs_queued()
 
     async def _finish(self, run: Run, status: RunStatus, error: str | None = None) -> None:

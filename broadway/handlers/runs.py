@@ -73,10 +73,10 @@ class GradingRunHandler(RunHandler):
         pages = self.services.store.run_pages
         pipeline = await pages.pipeline_jobs(run)
         if query.summary:
-            counts = await pages.student_counts(run, pipeline)
+            counts = await self.services.store.jobs.student_counts(run)
             self.write_json(run_summary(run, counts, pipeline))
         elif query.limit is not None:
-            counts = await pages.student_counts(run, pipeline)
+            counts = await self.services.store.jobs.student_counts(run)
             jobs = await pages.students(run, query.offset, query.limit)
             self.write_json(run_page(run, counts, pipeline, query.offset, query.limit, jobs))
         else:

@@ -18,10 +18,9 @@ from typing import Any
 import pymongo
 from pymongo.asynchronous.database import AsyncDatabase
 
-from broadway.models import Job, JobKind, JobStatus, Run
+from broadway.models import Job, JobKind, Run
 from broadway.store.ids import parse_id
 from broadway.store.jobs import BULK_TIMEOUT_S, _job
-from broadway.store.run_status_keys import counts_pipeline
 
 # Jobs per store operation when a whole run is read: ~12 ms each on nx-27017, so a heartbeat
 # queued behind one waits about that long.
@@ -102,34 +101,3 @@ class RunPages:
         with pymongo.timeout(BULK_TIMEOUT_S):
             docs = await self.jobs.find(match).to_list()
         return sorted(docs, key=lambda d: int(d["seq"]))
-
-    async def student_counts(self, run: Run, pipeline: PipelineJobs) -> dict[JobStatus, int]:
-        """How many of the run's students are in each status, less the pre/post jobs counted too.
-
-        One aggregate of index counts, one per status key (broadway/store/run_status_keys.py:
-        ~1-3 ms at 10,000 students on nx-27017); runs stored before those keys by one $group
-        over the run's jobs, which reads every one (~22-37 ms at 10,000).
-        """
-        if run.keyed_statuses:
-            n_jobs = run.n_students + sum(job is not None for job in (pipeline.pre, pipeline.post))
-            counts = {status: 0 for status in JobStatus}
-            cursor = await self.jobs.aggregate(counts_pipeline(self.jobs.name, run.id))
-            async for row in cursor:
-                counts[JobStatus(row["status"])] = int(row["n"])
-            counts[JobStatus.CREATED] = n_jobs - sum(counts.values())
-        else:
-            counts = await self._grouped_counts(run)
-        for job in (pipeline.pre, pipeline.post):
-            if job is not None and counts[job.status] > 0:
-                counts[job.status] -= 1
-        return counts
-
-    async def _grouped_counts(self, run: Run) -> dict[JobStatus, int]:
-        counts = {status: 0 for status in JobStatus}
-        with pymongo.timeout(BULK_TIMEOUT_S):
-            cursor = await self.jobs.aggregate(
-                [{"$match": {"run_id": run.id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
-            )
-            async for row in cursor:
-                counts[JobStatus(row["_id"])] = int(row["n"])
-        return counts

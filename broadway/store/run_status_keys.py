@@ -1,23 +1,26 @@
-"""A run's counts by status as index counts: one key per status on each of the run's jobs.
+"""A run's student counts by status as index counts: one key per status on each student job.
 
-`?summary=1` (and every page of a run's status) needs how many of a run's jobs are in each
-status. A `$group` over the run's jobs reads every one of them: ~22-37 ms at 10,000 students on
-nx-27017, growing with the run. Instead each job of a run carries, for its current status, a
-field named after that status holding the run's id (`running_in_run: "<run id>"`), with a
-sparse index on each: a status's count is then `$match` on one indexed key and `$count`, which
-nx-27017 answers from the index (all five: ~1-3 ms at 10,000) and MongoDB by a count scan.
+`?summary=1`, every page of a run's status, and the scheduler deciding whether a run is done
+need how many of a run's students are in each status. A `$group` over the run's jobs reads
+every one of them: ~22-37 ms at 10,000 students on nx-27017, ~0.4 s at 100,000 (the recovery
+sweep recounting a stalled 100,000-student run held every heartbeat that long, every 10 s).
+Instead each student job carries, for its current status, a field named after that status
+holding the run's id (`running_in_run: "<run id>"`), with a sparse index on each: a status's
+count is then `$match` on one indexed key and `$count`, which nx-27017 answers from the index
+(all five: ~1-3 ms at 10,000) and MongoDB by a count scan. Pre- and post-processing jobs carry
+no key, so the counts are the students' alone.
 
 The key follows the job without knowing the run: a status change that does not know the job's
 run (a claim, a report) moves it with `$rename` in the same update, so no transition costs a
 store operation more. The counts are read in one aggregate (a `$count` per key, joined by
 `$unionWith`): one operation, so no transition falls between two of them and the counts add up.
-`created` has no key (a run's jobs are inserted without one and get
-`queued_in_run` when queued): it is what the run's job count leaves over.
+`created` has no key (students are inserted without one and get `queued_in_run` when queued):
+it is what the run's student count leaves over.
 
 Runs stored before these keys have `keyed_statuses` unset on their document and are counted by
 `$group` as before. A `$rename` whose field is missing is a no-op on MongoDB; nx-27017 writes the
-new field as null, which a count by run id never matches (single jobs, which belong to no run,
-can carry such a null after a claim).
+new field as null, which a count by run id never matches (pre/post and single jobs can carry
+such a null after a claim).
 """
 
 from __future__ import annotations

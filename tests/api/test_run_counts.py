@@ -99,17 +99,22 @@ async def test_counts_follow_claims_reports_requeues_late_reports_give_ups_and_c
     await counts_are(api, run_id, succeeded=1, failed=2, cancelled=3)
 
 
-async def test_runs_stored_before_the_status_keys_are_counted_from_their_jobs(make_api: MakeApi) -> None:
+async def test_runs_stored_before_the_status_keys_are_counted_and_finished_from_their_jobs(make_api: MakeApi) -> None:
     service = await make_api()
     api = ApiClient(service.url)
     run_id = await api.submit_and_start(run_config(students=3))
     worker = await api.register()
     job = await claim(api, worker)
     assert (await api.report(worker, job["job_id"], attempt=job["attempt"])).status == 200
-    await claim(api, worker)
+    held = await claim(api, worker)
     # As a run from before: no mark on the run, no keys on its jobs.
     db = service.store.db
     await db.runs.update_one({"_id": (await db.runs.find_one({}))["_id"]}, {"$unset": {"keyed_statuses": ""}})
     keys = {f"{status}_in_run": "" for status in ("queued", "running", "succeeded", "failed", "cancelled")}
     await db.jobs.update_many({"run_id": run_id}, {"$unset": keys})
     await counts_are(api, run_id, queued=1, running=1, succeeded=1)
+    # And the scheduler, counting the same way, still sees it end.
+    assert (await api.report(worker, held["job_id"], attempt=held["attempt"])).status == 200
+    await api.work_off(worker)
+    finished = await eventually(lambda: api.status(run_id), lambda status: status["status"] != "running")
+    assert finished["status"] == "succeeded" and finished["counts"]["succeeded"] == 3
