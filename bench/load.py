@@ -70,12 +70,16 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}, store: {store} (SQLite, temp dir)")  # fmt: skip
 
 
+FAILED_STEPS: list[str] = []
+
+
 async def step(name: str, work: Awaitable[T]) -> T | None:
     """Run one step of the bench; on failure say which and why, and go on."""
     try:
         return await work
     except Exception as exc:  # a bench reports every failure and carries on
         print(f"  STEP FAILED: {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        FAILED_STEPS.append(name)
         return None
 
 
@@ -117,7 +121,9 @@ async def start(api: ApiClient, run_id: str) -> None:
 
 
 async def cancel(api: ApiClient, run_id: str) -> None:
-    await api.request("POST", f"/api/v1/grading_run/{run_id}/cancel", auth=True, timeout=LONG_TIMEOUT)
+    resp = await api.request("POST", f"/api/v1/grading_run/{run_id}/cancel", auth=True, timeout=LONG_TIMEOUT)
+    if resp.status != 200:
+        raise RuntimeError(f"cancel answered {resp.status}: {resp.body[:200]!r}")
 
 
 def read_whole_status(url: str) -> int:
@@ -363,8 +369,11 @@ async def main() -> None:
             await step("bench", bench(args, ApiClient(proc.url), proc, fig))
         except Exception as exc:  # the figures line is printed whatever happened
             print(f"  STEP FAILED: starting the API: {exc}")
+            FAILED_STEPS.append("starting the API")
         finally:
             await asyncio.to_thread(proc.stop)
+            if FAILED_STEPS:  # what the API said meanwhile (its logs hold no secrets)
+                print("the API's log, last 40 lines:\n" + "\n".join(proc.log().splitlines()[-40:]))
     print(
         f"submit_s={fig['submit_s']:.3f} start_s={fig['start_s']:.3f} status_s={fig['status_s']:.3f} "
         f"claim_growth_ratio={fig['claim_growth_ratio']:.3f} requeue_ratio={fig['requeue_ratio']:.3f} "
