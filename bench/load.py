@@ -11,6 +11,7 @@ One API child process on its embedded store (a fresh temporary data dir), driven
   big status           the whole status of a 100,000-student run, and heartbeat latency (p50,
                        p99, max) while it is sent (target: max < 100 ms).
   rss                  the API process's resident memory with 100,000+ jobs stored.
+  cancel               cancelling that run: seconds, and heartbeat latency meanwhile.
   requeue              a worker claims a job and falls silent: seconds from its last heartbeat
                        to the job being queued again, as a ratio of --worker-timeout (target <= 1.1).
 
@@ -317,7 +318,11 @@ async def measure(
     fig["rss_mb"] = rss_mb(proc.proc.pid)
     print(f"  API resident memory with the runs above stored: {fig['rss_mb']:.0f} MB")
     if big:
+        cancelled_at = time.perf_counter()
         await step("cancel the big run", cancel(api, big))
+        took = time.perf_counter() - cancelled_at
+        print(f"  cancelled in {took:.1f} s; heartbeats meanwhile: "
+              f"{percentiles(heartbeats.between(cancelled_at, time.perf_counter()))}")  # fmt: skip
         await step("wait for the store to catch up", settled(api, big))
 
     print("dead-worker requeue ...", flush=True)

@@ -138,11 +138,13 @@ class Scheduler:
             run_id, RunStatus.CANCELLED, "cancelled by a client", self._callback_age(run)
         ):
             return None
-        await self.store.jobs.cancel_unstarted(run_id)
-        await self.store.jobs.cancel_running(run_id)
+        self.jobs_cancelled(run, await self.store.jobs.cancel_jobs(run))
         self._callback_recorded(run)  # after the jobs: the callback counts them cancelled
         log.info("run %s cancelled", run.id)
         return await self.store.runs.get(run_id)
+
+    def jobs_cancelled(self, run: Run, n: int) -> None:
+        """n of the run's jobs were just cancelled (MeteredScheduler counts them)."""
 
     def _callback_age(self, run: Run) -> float | None:
         """How long a run's end callback is retried; None when the run has no callback."""
@@ -159,7 +161,7 @@ class Scheduler:
     async def _finish(self, run: Run, status: RunStatus, error: str | None = None) -> None:
         run_id = run.id
         if status is RunStatus.FAILED:
-            await self.store.jobs.cancel_unstarted(run_id)
+            self.jobs_cancelled(run, await self.store.jobs.cancel_jobs(run, running=False))
         if await self.store.runs.mark_finished(run_id, status, error, self._callback_age(run)):
             self._callback_recorded(run)
             log.info("run %s %s%s", run.id, status.value, f": {error}" if error else "")

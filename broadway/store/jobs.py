@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +47,8 @@ from broadway.store.queue_keys import (
 )
 from broadway.store.run_status_keys import counts_pipeline, key_of, moved, unkeyed
 from broadway.validation import PlannedJob, RunPlan
+
+log = logging.getLogger(__name__)
 
 # Operations whose cost grows with a run's size (100k students: ~20 s on nx-27017) get this
 # bound instead of the client's per-operation timeout.
@@ -545,8 +548,82 @@ class JobStore:
                 counts[JobStatus(row["_id"])] = row["n"]
         return counts
 
+    async def cancel_jobs(self, run: Run, running: bool = True) -> int:
+        """Cancel a run's unfinished jobs (those running too, if `running`); returns how many.
+
+        A run with status keys goes in batches found by those keys, one short operation each,
+        so heartbeats and claims slip in between: one update_many over a 100,000-student run
+        held the store 17 s, and every request waiting behind it timed out. A job requeued
+        while the batches go (running -> queued) is caught by the next round. Runs from before
+        the keys: one update_many per kind and status, as before.
+        """
+        if not run.keyed_statuses:
+            cancelled = await self.cancel_unstarted(run.id)
+            return cancelled + (await self.cancel_running(run.id) if running else 0)
+        cancelled = await self._cancel_pipeline_jobs(run, running)
+        cancelled += await self._cancel_created_students(run)
+        moving = [JobStatus.QUEUED, JobStatus.RUNNING] if running else [JobStatus.QUEUED]
+        for _ in range(3):
+            this_round = 0
+            for status in moving:
+                this_round += await self._cancel_keyed_students(run.id, status)
+            cancelled += this_round
+            if not this_round:
+                break
+        self.shares.forget()
+        return cancelled
+
+    async def _cancel_pipeline_jobs(self, run: Run, running: bool) -> int:
+        ids = [oid(job_id) for job_id in (run.pre_job_id, run.post_job_id) if job_id]
+        statuses = ACTIVE if running else [JobStatus.CREATED.value, JobStatus.QUEUED.value]
+        if not ids:
+            return 0
+        result = await self.jobs.update_many(
+            {"_id": {"$in": ids}, "status": {"$in": statuses}},
+            {"$set": _cancelled(run.id, False), "$unset": QUEUED_ONLY | {"holder": ""}},
+        )
+        return result.modified_count
+
+    async def _cancel_created_students(self, run: Run) -> int:
+        """Students not queued yet, by the start chunks they were stored with (none left once started)."""
+        cancelled = 0
+        for chunk in range(-(-run.n_students // QUEUE_BATCH)):
+            result = await self.jobs.update_many(
+                {"start_chunk": only(start_chunk(run.id, chunk)), "status": JobStatus.CREATED.value},
+                {"$set": _cancelled(run.id, True), "$unset": {"start_chunk": ""}},
+            )
+            cancelled += result.modified_count
+        return cancelled
+
+    async def _cancel_keyed_students(self, run_id: str, status: JobStatus) -> int:
+        """Students in `status` (queued or running), QUEUE_BATCH at a time by their status key."""
+        unset = (QUEUED_ONLY if status is JobStatus.QUEUED else {"holder": ""}) | unkeyed(status)
+        cancelled = 0
+        while True:
+            found = self.jobs.find({key_of(status): run_id}, {"_id": 1}, limit=QUEUE_BATCH, batch_size=QUEUE_BATCH)
+            ids = [doc["_id"] async for doc in found]
+            if not ids:
+                return cancelled
+            result = await self.jobs.update_many(
+                {"_id": {"$in": ids}, "status": status.value}, {"$set": _cancelled(run_id, True), "$unset": unset}
+            )
+            if not result.modified_count:
+                # Keys naming jobs no longer in that status: never expected. Rather than loop on
+                # them, cancel the rest by the run's own index, as runs without keys are.
+                log.warning("run %s: %s keys out of step with the jobs; cancelling by run", run_id, status.value)
+                return cancelled + await self._cancel_by_run(run_id, status, unset)
+            cancelled += result.modified_count
+
+    async def _cancel_by_run(self, run_id: str, status: JobStatus, unset: dict[str, str]) -> int:
+        with pymongo.timeout(BULK_TIMEOUT_S):
+            result = await self.jobs.update_many(
+                {"run_id": only(run_id), "kind": JobKind.STUDENT.value, "status": status.value},
+                {"$set": _cancelled(run_id, True), "$unset": unset},
+            )
+        return result.modified_count
+
     async def cancel_unstarted(self, run_id: str) -> int:
-        """created/queued -> cancelled for every job of a run that has not started."""
+        """created/queued -> cancelled for every job of a run that has not started (runs without status keys)."""
         unstarted = {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}
         cancelled = 0
         for kind, keyed in _BY_KEYS:
@@ -560,7 +637,8 @@ class JobStore:
         return cancelled
 
     async def cancel_running(self, run_id: str) -> int:
-        """running -> cancelled; the graders' later reports for these jobs are refused (409)."""
+        """running -> cancelled (runs without status keys); the graders' later reports for these
+        jobs are refused (409)."""
         cancelled = 0
         for kind, keyed in _BY_KEYS:
             with pymongo.timeout(BULK_TIMEOUT_S):

@@ -118,3 +118,27 @@ async def test_runs_stored_before_the_status_keys_are_counted_and_finished_from_
     await api.work_off(worker)
     finished = await eventually(lambda: api.status(run_id), lambda status: status["status"] != "running")
     assert finished["status"] == "succeeded" and finished["counts"]["succeeded"] == 3
+
+
+async def test_a_run_of_several_batches_is_cancelled_whole_running_queued_and_not_yet_queued(
+    make_api: MakeApi,
+) -> None:
+    """Cancellation goes in batches (QUEUE_BATCH jobs) by the status keys: every batch is
+    reached, the students still `created` (the run failed before they were queued, or its start
+    was cut short) too, and the running ones."""
+    service = await make_api()
+    api = ApiClient(service.url)
+    run_id = await api.submit_and_start(run_config(students=1_234))
+    worker = await api.register(slots=3)
+    for _ in range(3):
+        await claim(api, worker)
+    # As a start cut short: one chunk of students put back to `created`, without their keys.
+    jobs = service.store.db.jobs
+    await jobs.update_many(
+        {"run_id": run_id, "seq": {"$gte": 1_000}},
+        {"$set": {"status": "created", "start_chunk": f"{run_id}:2"}, "$unset": {"queued_in_run": "", "queue_key": ""}},
+    )
+    await counts_are(api, run_id, created=234, queued=997, running=3)
+    assert (await api.request("POST", f"{RUNS}/{run_id}/cancel", auth=True, timeout=60)).status == 200
+    await counts_are(api, run_id, cancelled=1_234)
+    assert await jobs.count_documents({"run_id": run_id, "status": {"$ne": "cancelled"}}) == 0
