@@ -137,10 +137,12 @@ async def test_a_report_with_next_whose_client_hung_up_does_not_keep_the_job(mak
     api = ApiClient(service.url)
     rng = random.Random(14)
     to_reporters = to_keepers = 0
-    # Rounds until hang-ups have fallen on both sides of a hand-out (where the hand-outs fall
-    # depends on the machine's speed); every round checks that no job is lost or handed out twice.
-    for _ in range(5):
-        reporters_got, keeper_got = await hang_up_round(api, service, rng)
+    # Rounds until hang-ups have fallen on both sides of a hand-out. Where the hand-outs fall
+    # depends on the machine's speed (a loaded CI machine starts the runs after every hang-up of
+    # a 50 ms window), so each round spreads its hang-ups over twice the time of the one before;
+    # every round checks that no job is lost or handed out twice.
+    for round_number in range(7):
+        reporters_got, keeper_got = await hang_up_round(api, service, rng, window=0.05 * 2**round_number)
         to_reporters += reporters_got
         to_keepers += keeper_got
         if to_reporters and to_keepers:
@@ -148,9 +150,10 @@ async def test_a_report_with_next_whose_client_hung_up_does_not_keep_the_job(mak
     assert to_reporters and to_keepers, ("hang-ups on both sides of the hand-out", to_reporters, to_keepers)
 
 
-async def hang_up_round(api: ApiClient, service: ApiService, rng: random.Random) -> tuple[int, int]:
-    """20 reporters ask for their next job and hang up 1-50 ms after 8 one-job runs start being
-    started; how many of those jobs reached a reporter, and how many a keeper polling after."""
+async def hang_up_round(api: ApiClient, service: ApiService, rng: random.Random, window: float) -> tuple[int, int]:
+    """20 reporters ask for their next job and hang up 1 ms to `window` s after 8 one-job runs
+    start being started; how many of those jobs reached a reporter, and how many a keeper
+    polling after."""
     loop = asyncio.get_running_loop()
     reporters = 20
     held_run = await api.submit_and_start(run_config(students=reporters))
@@ -158,7 +161,7 @@ async def hang_up_round(api: ApiClient, service: ApiService, rng: random.Random)
     held = [(await api.poll(w)).json for w in workers]
     runs = [await api.submit(run_config(students=1)) for _ in range(8)]
     start_at = loop.time() + 0.3
-    delays = [0.001 + 0.049 * i / (reporters - 1) for i in range(reporters)]
+    delays = [0.001 + (window - 0.001) * i / (reporters - 1) for i in range(reporters)]
     rng.shuffle(delays)
     answers = [
         asyncio.ensure_future(report_next_then_hang_up(service.config.host, service.port, w, j, start_at + d))
