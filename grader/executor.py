@@ -173,7 +173,9 @@ class Executor:
 
     def remove_leftovers(self) -> int:
         """Remove containers and job directories left by an earlier run of this grader."""
-        leftovers = self.docker.containers.list(all=True, filters={"label": f"{LABEL}={self.instance}"})
+        # sparse: ids only. The SDK otherwise inspects each in turn, and a container removed in
+        # between (one of this instance's, exiting as it is stopped) raised NotFound at start-up.
+        leftovers = self.docker.containers.list(all=True, filters={"label": f"{LABEL}={self.instance}"}, sparse=True)
         for container in leftovers:
             _remove(container)
         if self.jobs_dir.exists():

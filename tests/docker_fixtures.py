@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import docker.errors
@@ -25,8 +26,11 @@ def docker_client() -> Iterator[docker.DockerClient]:
         pytest.fail(f"these tests need a Docker engine (run `make docker`): {exc}")
     # Tests check that graders leave no container behind; start from a clean slate, since an
     # interrupted earlier session may have left some.
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
-        container.remove(force=True)
+    for container in client.containers.list(all=True, filters={"label": LABEL}, sparse=True):
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
     yield client
     client.close()
 
@@ -49,3 +53,16 @@ def example_image(docker_client: docker.DockerClient) -> str:
     """The example assignment's grader image (examples/add-assignment), as `make demo` builds it."""
     build_image(docker_client, EXAMPLE_IMAGE, ROOT / "examples" / "add-assignment")
     return EXAMPLE_IMAGE
+
+
+def inspected_containers(client: docker.DockerClient, **filters: Any) -> list[Any]:
+    """Containers matching these filters, each fully inspected (labels, creation time), leaving
+    out any removed between the list and its inspection (the SDK's own list raises NotFound
+    then: a stage ending at that moment failed a test)."""
+    found = []
+    for sparse in client.containers.list(filters=filters, sparse=True):
+        try:
+            found.append(client.containers.get(sparse.id))
+        except docker.errors.NotFound:
+            continue
+    return found

@@ -16,6 +16,7 @@ import docker
 from broadway.server import ApiService
 from grader.__main__ import instance_id
 from grader.executor import LABEL
+from tests.docker_fixtures import inspected_containers
 from tests.grader.conftest import StartGrader, finished_run, stages_of
 from tests.helpers import ApiClient, eventually, stage
 from tests.processes import ApiProcess, GraderProcess
@@ -23,7 +24,7 @@ from tests.processes import ApiProcess, GraderProcess
 
 def running_jobs(client: docker.DockerClient) -> dict[str, str]:
     """job id -> grader instance, for every stage container running now."""
-    containers = client.containers.list(filters={"label": LABEL, "status": "running"})
+    containers = inspected_containers(client, label=LABEL, status="running")
     return {c.labels["broadway.job"]: c.labels[LABEL] for c in containers}
 
 
@@ -35,7 +36,7 @@ def current_attempts(client: docker.DockerClient, status: dict[str, Any]) -> dic
     can show an attempt that is already over: a job counts only while it is `running` in the API
     and its single running container was created after that attempt's claim.
     """
-    containers = client.containers.list(filters={"label": LABEL, "status": "running"})
+    containers = inspected_containers(client, label=LABEL, status="running")
     by_job: dict[str, list[Any]] = {}
     for container in containers:
         by_job.setdefault(container.labels["broadway.job"], []).append(container)
@@ -138,7 +139,7 @@ async def test_silent_worker_late_report_is_refused_and_does_not_replace_the_res
     running = await eventually(
         lambda: asyncio.to_thread(running_jobs, docker_client), lambda jobs: mine in jobs.values(), timeout=30
     )
-    first_container = docker_client.containers.list(filters={"label": f"{LABEL}={mine}"})[0].id[:12]
+    first_container = inspected_containers(docker_client, label=f"{LABEL}={mine}")[0].id[:12]
     assert list(running) == [(await api.status(run_id))["student_statuses"][0]["job_id"]]
 
     first.signal(signal.SIGSTOP)  # heartbeats stop; its container runs on
