@@ -190,10 +190,6 @@ def _cancelled(run_id: str, keyed: bool) -> dict[str, Any]:
     return fields
 
 
-# A run's cancellation, kind by kind: only its students carry status keys (run_status_keys.py).
-_BY_KEYS = [(JobKind.STUDENT.value, True), ({"$in": [JobKind.PRE.value, JobKind.POST.value]}, False)]
-
-
 def start_chunk(run_id: str, number: int) -> str:
     """The key queue_students moves a run's student jobs by, QUEUE_BATCH at a time."""
     return f"{run_id}:{number}"
@@ -355,14 +351,14 @@ class JobStore:
     async def release(self, job_id: str, attempt_id: str) -> bool:
         """Put a just-claimed job back (its poller hung up before receiving it); the attempt does not count."""
         # Rare (a hang-up at the moment of hand-out): one more read for the job's course is fine.
-        found = await self.jobs.find_one({"_id": oid(job_id)}, {"course": 1, "run_id": 1})
+        found = await self.jobs.find_one({"_id": oid(job_id)}, {"course": 1, "kind": 1})
         course = str(found.get("course") or DEFAULT_COURSE) if found else DEFAULT_COURSE
         key = queue_key(course, PRIORITY_REQUEUED, job_id)
         update: dict[str, Any] = {
             "$set": {"status": JobStatus.QUEUED.value, "queue_key": key},
             "$unset": {"attempt_id": "", "worker": "", "holder": ""}, "$inc": {"attempts": -1},
         }  # fmt: skip
-        if found and found.get("run_id"):
+        if found and found.get("kind") == JobKind.STUDENT.value:  # its status key moves along
             update["$rename"] = moved(JobStatus.RUNNING, JobStatus.QUEUED)
         result = await self.jobs.update_one(
             {"_id": oid(job_id), "status": JobStatus.RUNNING.value, "attempt_id": attempt_id}, update
@@ -509,7 +505,7 @@ class JobStore:
                 update = {"$set": ended, "$unset": {"holder": ""}}
                 new_status = JobStatus.FAILED
                 bucket = failed
-            if doc.get("run_id"):
+            if doc.get("kind") == JobKind.STUDENT.value:  # its status key moves along
                 update["$rename"] = moved(JobStatus.RUNNING, new_status)
             after = await self.jobs.find_one_and_update(holder, update, return_document=ReturnDocument.AFTER)
             if after:
@@ -624,31 +620,24 @@ class JobStore:
 
     async def cancel_unstarted(self, run_id: str) -> int:
         """created/queued -> cancelled for every job of a run that has not started (runs without status keys)."""
-        unstarted = {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}
-        cancelled = 0
-        for kind, keyed in _BY_KEYS:
-            with pymongo.timeout(BULK_TIMEOUT_S):
-                result = await self.jobs.update_many(
-                    {"run_id": only(str(run_id)), "kind": kind, "status": unstarted},
-                    {"$set": _cancelled(run_id, keyed), "$unset": QUEUED_ONLY | unkeyed(JobStatus.QUEUED)},
-                )
-            cancelled += result.modified_count
+        with pymongo.timeout(BULK_TIMEOUT_S):
+            result = await self.jobs.update_many(
+                {"run_id": only(str(run_id)), "status": {"$in": [JobStatus.CREATED.value, JobStatus.QUEUED.value]}},
+                {"$set": _cancelled(run_id, False), "$unset": QUEUED_ONLY},
+            )
         self.shares.forget()
-        return cancelled
+        return result.modified_count
 
     async def cancel_running(self, run_id: str) -> int:
         """running -> cancelled (runs without status keys); the graders' later reports for these
         jobs are refused (409)."""
-        cancelled = 0
-        for kind, keyed in _BY_KEYS:
-            with pymongo.timeout(BULK_TIMEOUT_S):
-                result = await self.jobs.update_many(
-                    {"run_id": only(str(run_id)), "kind": kind, "status": JobStatus.RUNNING.value},
-                    {"$set": _cancelled(run_id, keyed), "$unset": {"holder": ""} | unkeyed(JobStatus.RUNNING)},
-                )
-            cancelled += result.modified_count
+        with pymongo.timeout(BULK_TIMEOUT_S):
+            result = await self.jobs.update_many(
+                {"run_id": only(str(run_id)), "status": JobStatus.RUNNING.value},
+                {"$set": _cancelled(run_id, False), "$unset": {"holder": ""}},
+            )
         self.shares.forget()
-        return cancelled
+        return result.modified_count
 
     async def roster(self, run_id: str) -> AsyncIterator[Job]:
         """The run's student jobs, for the roster handed to pre/post-processing."""
