@@ -7,6 +7,7 @@ from typing import Any
 
 import jwt
 
+from broadway.store.courses import split_token
 from tests.helpers import ApiClient
 
 JWT_SECRET = "jwt-secret-" + "j" * 60
@@ -42,3 +43,10 @@ def make_jwt(course: str, subject: str, key: Any = JWT_SECRET, algorithm: str = 
 def jwt_options() -> dict[str, Any]:
     """make_api overrides that accept make_jwt's tokens."""
     return {"jwt_key": JWT_SECRET, "jwt_audience": JWT_AUDIENCE, "jwt_issuer": JWT_ISSUER}
+
+
+def token_secret(token: str) -> str:
+    """The secret part of a course token (`bwc_<id>_<secret>`; the secret itself may hold `_`)."""
+    parts = split_token(token)
+    assert parts is not None, "not a course token"
+    return parts[1]
