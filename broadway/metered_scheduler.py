@@ -2,7 +2,8 @@
 
 Every final status reaches Scheduler.job_finished (a grader's report, the reaper giving up) or
 Scheduler.jobs_cancelled (a run's jobs in bulk, when it is cancelled or fails), so observing
-those two covers the outcomes without a line in the handlers. Requeues happen in the reaper: see metrics.jobs_requeued.
+those two covers the outcomes without a line in the handlers. Requeues happen in the reaper:
+see metrics.jobs_requeued.
 """
 
 from __future__ import annotations

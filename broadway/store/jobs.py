@@ -524,7 +524,7 @@ class JobStore:
         ~0.4 s at 100,000).
         """
         if not run.keyed_statuses:
-            return await self.status_counts(run.id, JobKind.STUDENT)
+            return await self._grouped_student_counts(run.id)
         counts = {status: 0 for status in JobStatus}
         cursor = await self.jobs.aggregate(counts_pipeline(self.jobs.name, run.id))
         async for row in cursor:
@@ -532,11 +532,9 @@ class JobStore:
         counts[JobStatus.CREATED] = run.n_students - sum(counts.values())
         return counts
 
-    async def status_counts(self, run_id: str, kind: JobKind | None = None) -> dict[JobStatus, int]:
-        """How many of a run's jobs (of one kind, if given) are in each status."""
-        match: dict[str, Any] = {"run_id": str(run_id)}
-        if kind is not None:
-            match["kind"] = kind.value
+    async def _grouped_student_counts(self, run_id: str) -> dict[JobStatus, int]:
+        """student_counts for a run without status keys: a $group over its students."""
+        match = {"run_id": str(run_id), "kind": JobKind.STUDENT.value}
         counts = {status: 0 for status in JobStatus}
         with pymongo.timeout(BULK_TIMEOUT_S):
             cursor = await self.jobs.aggregate([{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
@@ -571,9 +569,9 @@ class JobStore:
 
     async def _cancel_pipeline_jobs(self, run: Run, running: bool) -> int:
         ids = [oid(job_id) for job_id in (run.pre_job_id, run.post_job_id) if job_id]
-        statuses = ACTIVE if running else [JobStatus.CREATED.value, JobStatus.QUEUED.value]
         if not ids:
             return 0
+        statuses = ACTIVE if running else [JobStatus.CREATED.value, JobStatus.QUEUED.value]
         result = await self.jobs.update_many(
             {"_id": {"$in": ids}, "status": {"$in": statuses}},
             {"$set": _cancelled(run.id, False), "$unset": QUEUED_ONLY | {"holder": ""}},
